@@ -1,0 +1,106 @@
+"""`leakcheck run model.yaml`: the end-to-end audit, as a terminal report and a CI gate.
+
+Exit codes: 0 within the gate, 1 over it, 2 usage or config error, 3 the runner raised
+(factory, warm-up or shutdown). For 1 and 3 the report is still printed and written.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from leakcheck import __version__
+from leakcheck.config import ConfigError, load_config
+from leakcheck.sizes import parse_size
+
+EXIT_USAGE = 2
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Audit the device memory a model runner's shutdown() leaves behind, and name who pins it.",
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"leakcheck {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """leakcheck: find what shutdown() forgot to release."""
+
+
+def _fail(message: str) -> typer.Exit:
+    Console(stderr=True).print(f"[bold red]leakcheck: error:[/bold red] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(EXIT_USAGE)
+
+
+@app.command()
+def run(
+    config_path: Path = typer.Argument(..., metavar="CONFIG", help="YAML file naming the runner factory."),
+    json_path: Optional[Path] = typer.Option(None, "--json", metavar="PATH", help="Also write the JSON report here."),
+    max_leaked: Optional[str] = typer.Option(
+        None, "--max-leaked-bytes", metavar="SIZE", help='Override gate.max_leaked_bytes ("0", "64 MiB").'
+    ),
+    device: Optional[str] = typer.Option(None, "--device", help="Override the config's device (auto, cpu, cuda:N)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show tracebacks."),
+) -> None:
+    """Load the runner, warm it up, call shutdown(), and report what still holds device memory."""
+    from leakcheck.lifecycle.phases import run_lifecycle
+    from leakcheck.renderers.json_report import write_json
+    from leakcheck.renderers.terminal import render
+    from leakcheck.report.build import build_report, exit_code
+
+    out = Console()
+    if not out.is_terminal and "COLUMNS" not in os.environ:
+        out = Console(width=120)  # CI logs: wide enough for example paths
+    status_console = Console(stderr=True)
+    try:
+        limit = parse_size(max_leaked) if max_leaked is not None else None
+    except ValueError as exc:
+        raise _fail(f"--max-leaked-bytes: {exc}") from None
+    if json_path is not None and not json_path.parent.is_dir():
+        raise _fail(f"--json: folder {json_path.parent} does not exist")
+    try:
+        config = load_config(config_path)
+        if device is not None:
+            config = config.model_copy(update={"device": device})
+            type(config)._device_form(device)
+        with status_console.status("starting", spinner="dots") as status:
+            lifecycle = run_lifecycle(config, progress=lambda message: status.update(message))
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+    except ValueError as exc:
+        raise _fail(f"--device: {exc}") from None
+    except Exception as exc:
+        if verbose:
+            raise
+        raise _fail(f"{type(exc).__name__}: {exc} (run with --verbose for the traceback)") from None
+
+    report = build_report(config, lifecycle, limit)
+    render(report, out, verbose=verbose)
+    if json_path is not None:
+        try:
+            write_json(report, json_path)
+        except OSError as exc:
+            raise _fail(f"--json: cannot write {json_path}: {exc.strerror}") from None
+    raise typer.Exit(exit_code(report))
+
+
+def main() -> None:
+    app(prog_name="leakcheck")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,299 @@
+"""Who pins each surviving storage, what each holder alone would free, and which must all go.
+
+The question "what must shutdown() release?" has an exact answer on the heap graph. Cut the
+graph at root containers (the runner, module and class dicts, live frames): every path from
+a root to a tensor then starts with one named handle (`runner.model_state`). The holders of
+a storage are the handles that reach it without passing through another root. Releasing all
+of them frees it; keeping any one keeps it alive. So:
+
+- `reachable_bytes` of a holder: storages it reaches;
+- `retained_bytes`: storages it is the only holder of (what a dominator tree over the
+  subgraph that leads to surviving tensors gives for the handle nodes);
+- a `SharedHold`: storages with several holders, which all must go before a byte is freed.
+
+All of it is one backward pass from the tensors plus one forward pass per relevant handle,
+over arrays restricted to the (small) part of the heap that leads to a leaked tensor.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+from scipy.sparse.csgraph import connected_components
+
+from leakcheck.engine.heap import HeapGraph, expand, ids_of
+from leakcheck.engine.paths import describe_chain, join
+from leakcheck.engine.roots import Handle, RootIndex
+from leakcheck.report.model import CLOSURE, CYCLE, FREED_BY_COLLECTOR, UNATTRIBUTED, UNTRACKED
+
+EXAMPLES_PER_OWNER = 3
+
+
+@dataclass
+class Leaked:
+    """Surviving tensors on the audited device, grouped by storage.
+
+    `nodes[i]` is a tensor node whose storage is `storage[i]`; storages are numbered densely.
+    """
+
+    nodes: np.ndarray
+    storage: np.ndarray
+    nbytes: np.ndarray  # per storage
+
+    @property
+    def count(self) -> int:
+        return int(self.nbytes.shape[0])
+
+
+@dataclass
+class Holder:
+    """A handle (or pseudo-handle) and the storages it reaches."""
+
+    handle: Handle
+    storages: np.ndarray
+    tensors: int
+    examples: list[tuple[int, str, bool]] = field(default_factory=list)  # (storage, path, evaluable)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Ownership:
+    holders: list[Holder]
+    owner_sets: list[list[int]]  # per storage: indices into holders
+    example: list[tuple[str, bool] | None]  # per storage: a path to one of its tensors
+
+
+def reverse_reach(graph: HeapGraph, seeds: np.ndarray, stop: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Nodes that reach `seeds` without passing through a stop node, and the stop nodes met."""
+    inside = np.zeros(graph.size, dtype=np.bool_)
+    inside[seeds] = True
+    frontier = np.unique(seeds)
+    met: list[np.ndarray] = []
+    while frontier.size:
+        _, parents = graph.parents(frontier)
+        parents = np.unique(parents)
+        at_stop = stop[parents]
+        met.append(parents[at_stop])
+        parents = parents[~at_stop & ~inside[parents]]
+        inside[parents] = True
+        frontier = parents
+    stops = np.unique(np.concatenate(met)) if met else np.empty(0, dtype=np.int64)
+    return inside, stops
+
+
+@dataclass
+class _Subgraph:
+    """The part of the heap that leads to a leaked tensor, renumbered 0..m-1."""
+
+    nodes: np.ndarray  # global index of each local node
+    local: np.ndarray  # global -> local, -1 outside
+    indptr: np.ndarray
+    indices: np.ndarray
+
+    @classmethod
+    def of(cls, graph: HeapGraph, inside: np.ndarray) -> _Subgraph:
+        nodes = np.flatnonzero(inside)
+        local = np.full(graph.size, -1, dtype=np.int64)
+        local[nodes] = np.arange(nodes.size)
+        src, dst = graph.children(nodes)
+        keep = local[dst] >= 0
+        rows, cols = local[src[keep]], local[dst[keep]]
+        indptr = np.zeros(nodes.size + 1, dtype=np.int64)
+        np.cumsum(np.bincount(rows, minlength=nodes.size), out=indptr[1:])
+        return cls(nodes=nodes, local=local, indptr=indptr, indices=cols)
+
+    def bfs(self, sources: np.ndarray) -> np.ndarray:
+        """Parent of each local node on a shortest path from `sources` (-1 source, -2 unreached)."""
+        parent = np.full(self.nodes.size, -2, dtype=np.int64)
+        parent[sources] = -1
+        frontier = np.unique(sources)
+        while frontier.size:
+            src, dst = expand(self.indptr, self.indices, frontier)
+            fresh = parent[dst] == -2
+            src, dst = src[fresh], dst[fresh]
+            dst, first = np.unique(dst, return_index=True)
+            parent[dst] = src[first]
+            frontier = dst
+        return parent
+
+    def chain(self, parent: np.ndarray, end: int) -> list[int]:
+        path = [end]
+        while parent[path[-1]] >= 0:
+            path.append(int(parent[path[-1]]))
+        path.reverse()
+        return [int(self.nodes[i]) for i in path]
+
+
+def find_owners(
+    graph: HeapGraph,
+    roots: RootIndex,
+    leaked: Leaked,
+    garbage: np.ndarray,
+    describe_limit: int = 20000,
+) -> Ownership:
+    """Attribute every leaked storage to the handles that pin it."""
+    objects = graph.objects
+    # Before any handle exists: handles hold their targets, which would add references.
+    untracked = _excess_references(graph, leaked)
+    inside, stops = reverse_reach(graph, leaked.nodes, roots.stop)
+    sub = _Subgraph.of(graph, inside)
+    tensor_local = sub.local[leaked.nodes]
+
+    holders: list[Holder] = []
+    owner_sets: list[list[int]] = [[] for _ in range(leaked.count)]
+    example: list[tuple[str, bool] | None] = [None] * leaked.count
+    described = 0
+
+    def visit(handle: Handle, sources: np.ndarray, prefix_evaluable: bool = True) -> None:
+        nonlocal described
+        parent = sub.bfs(sources)
+        reached = parent[tensor_local] != -2
+        if not reached.any():
+            return
+        storages = np.unique(leaked.storage[reached])
+        holder = Holder(handle=handle, storages=storages, tensors=int(reached.sum()))
+        index = len(holders)
+        holders.append(holder)
+        # One tensor per storage, the first met, to name it.
+        first_tensor: dict[int, int] = {}
+        for position in np.flatnonzero(reached).tolist():
+            first_tensor.setdefault(int(leaked.storage[position]), position)
+        by_size = sorted(first_tensor, key=lambda s: -int(leaked.nbytes[s]))
+        for rank, storage in enumerate(by_size):
+            owner_sets[storage].append(index)
+            wants_example = rank < EXAMPLES_PER_OWNER
+            needs_name = example[storage] is None and described < describe_limit
+            if not (wants_example or needs_name):
+                continue
+            chain = [objects[i] for i in sub.chain(parent, int(tensor_local[first_tensor[storage]]))]
+            text, evaluable, notes = join(handle.path, describe_chain(chain), prefix_evaluable and handle.evaluable)
+            described += 1
+            if wants_example:
+                holder.examples.append((storage, text, evaluable))
+                holder.notes.extend(n for n in notes if n not in holder.notes)
+            if needs_name:
+                example[storage] = (text, evaluable)
+
+    # Named handles of the root containers the backward pass met.
+    containers = {id(c): c for node in stops.tolist() if (c := roots.containers.get(node)) is not None}
+    handles = [h for c in containers.values() for h in c.handles()]
+    targets = graph.lookup(ids_of([h.target for h in handles])) if handles else np.empty(0, dtype=np.int64)
+    for handle, target in zip(handles, targets.tolist()):
+        if target >= 0 and inside[target]:
+            visit(handle, np.array([sub.local[target]]))
+
+    for component, members in _garbage_cycles(graph, garbage, inside).items():
+        kinds = sorted({type(objects[m]).__name__ for m in members.tolist()})
+        label = f"<garbage cycle of {members.size} objects: {', '.join(kinds[:4])}>"
+        handle = Handle(label, CYCLE, None, evaluable=False, detail="freed by gc.collect()",
+                        fix="gc.collect()  # or break the reference cycle")
+        visit(handle, sub.local[members], prefix_evaluable=False)
+
+    _untracked(graph, leaked, untracked, holders, owner_sets, example)
+    _unattributed(graph, leaked, holders, owner_sets, example)
+    for holder in holders:
+        if any(note.startswith("closure variable") for note in holder.notes) and holder.handle.kind != CYCLE:
+            if all(".__closure__[" in path for _, path, _ in holder.examples):
+                holder.handle = Handle(holder.handle.path, CLOSURE, holder.handle.target,
+                                       holder.handle.evaluable, "; ".join(holder.notes), holder.handle.fix)
+    return Ownership(holders=holders, owner_sets=owner_sets, example=example)
+
+
+def _garbage_cycles(graph: HeapGraph, garbage: np.ndarray, inside: np.ndarray) -> dict[int, np.ndarray]:
+    """Connected groups of cyclic garbage that lead to a leaked tensor."""
+    if garbage.size == 0:
+        return {}
+    garbage = np.unique(garbage)
+    position = np.full(graph.size, -1, dtype=np.int64)
+    position[garbage] = np.arange(garbage.size)
+    src, dst = graph.children(garbage)
+    keep = position[dst] >= 0
+    adjacency = sp.coo_matrix(
+        (np.ones(int(keep.sum()), dtype=np.int8), (position[src[keep]], position[dst[keep]])),
+        shape=(garbage.size, garbage.size),
+    )
+    _, labels = connected_components(adjacency, directed=True, connection="weak")
+    groups: dict[int, np.ndarray] = {}
+    for label in np.unique(labels).tolist():
+        members = garbage[labels == label]
+        members = members[inside[members]]
+        if members.size:
+            groups[label] = members
+    return groups
+
+
+def _excess_references(graph: HeapGraph, leaked: Leaked) -> dict[int, list[int]]:
+    """Tensors with more references than the heap shows: something outside Python holds them.
+
+    `sys.getrefcount` counts its argument and our `objects` list; every other reference
+    should be an edge of the graph. Returns storage -> tensor nodes with unexplained ones.
+    """
+    in_degree = graph.in_degree(leaked.nodes)
+    by_storage: dict[int, list[int]] = defaultdict(list)
+    for position, node in enumerate(leaked.nodes.tolist()):
+        excess = sys.getrefcount(graph.objects[node]) - 2 - int(in_degree[position])
+        if excess > 0:
+            by_storage[int(leaked.storage[position])].append(node)
+    return by_storage
+
+
+def _untracked(
+    graph: HeapGraph,
+    leaked: Leaked,
+    by_storage: dict[int, list[int]],
+    holders: list[Holder],
+    owner_sets: list[list[int]],
+    example: list,
+) -> None:
+    for storage, nodes in by_storage.items():
+        tensor = graph.objects[nodes[0]]
+        label = f"<untracked reference to {_tensor_label(tensor)}>"
+        path = example[storage][0] if example[storage] else label
+        handle = Handle(label, UNTRACKED, None, evaluable=False,
+                        detail="held from C/C++ (autograd graph, compiled graph or extension) or a non-gc object",
+                        fix="# find the C/C++ holder: autograd graph, torch.compile cache, extension object")
+        holder = Holder(handle=handle, storages=np.array([storage]), tensors=len(nodes),
+                        examples=[(storage, path, bool(example[storage] and example[storage][1]))])
+        owner_sets[storage].append(len(holders))
+        holders.append(holder)
+
+
+def _unattributed(
+    graph: HeapGraph, leaked: Leaked, holders: list[Holder], owner_sets: list[list[int]], example: list
+) -> None:
+    orphan = [s for s in range(leaked.count) if not owner_sets[s]]
+    if not orphan:
+        return
+    first = {}
+    for position, storage in enumerate(leaked.storage.tolist()):
+        first.setdefault(storage, position)
+    handle = Handle("<unattributed>", UNATTRIBUTED, None, evaluable=False,
+                    detail="alive, but reachable from no root leakcheck knows (leakcheck's own frames?)")
+    examples = []
+    for storage in orphan[:EXAMPLES_PER_OWNER]:
+        examples.append((storage, f"<{_tensor_label(graph.objects[int(leaked.nodes[first[storage]])])}>", False))
+    for storage in orphan:
+        owner_sets[storage].append(len(holders))
+        example[storage] = example[storage] or (f"<{_tensor_label(graph.objects[int(leaked.nodes[first[storage]])])}>", False)
+    holders.append(Holder(handle=handle, storages=np.array(orphan), tensors=len(orphan), examples=examples))
+
+
+def _tensor_label(tensor: object) -> str:
+    try:
+        shape = "x".join(str(d) for d in tensor.shape)  # type: ignore[attr-defined]
+        return f"{type(tensor).__name__}[{shape}] {str(tensor.dtype).replace('torch.', '')}"  # type: ignore[attr-defined]
+    except Exception:
+        return type(tensor).__name__
+
+
+def effective_owners(owner_sets: list[list[int]], holders: list[Holder]) -> list[list[int]]:
+    """Holders that keep each storage alive after a gc.collect(): garbage counts only when alone."""
+    result = []
+    for owners in owner_sets:
+        live = [o for o in owners if holders[o].handle.kind not in FREED_BY_COLLECTOR]
+        result.append(live or owners)
+    return result

@@ -1,0 +1,282 @@
+"""Where ownership starts: the objects whose named entries a developer can release.
+
+A root container is an object whose outgoing references have names a person can act on:
+the runner (`runner.NAME`), a module's dict (`pkg.mod.NAME`), a class's dict
+(`pkg.mod.Class.NAME`) and the live frames of other threads. The walk from a tensor back to
+its owners stops at root containers and at barriers (modules, type objects, leakcheck's own
+frames): a path never goes through a function's `__globals__` or an instance's class, since
+the module global or class attribute is its own root.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import types
+from collections.abc import Iterator, MutableMapping, MutableSequence, MutableSet
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+import torch
+
+import leakcheck
+from leakcheck.engine.heap import HeapGraph, ids_of
+from leakcheck.engine.paths import (
+    _MODULE_CONTAINERS,
+    Step,
+    attribute_step,
+    key_step,
+    module_entry_step,
+)
+from leakcheck.report.model import ATTRIBUTE, CLASS_ATTRIBUTE, FRAME, GLOBAL
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(leakcheck.__file__))
+_EXAMPLES_DIR = os.path.join(_PACKAGE_DIR, "examples")
+_CLEARABLE = (MutableMapping, MutableSequence, MutableSet)
+
+
+def is_own_module(name: str) -> bool:
+    """leakcheck's own modules are never owners; its shipped examples are user code."""
+    return (name == "leakcheck" or name.startswith("leakcheck.")) and not name.startswith("leakcheck.examples")
+
+
+def is_own_code(filename: str) -> bool:
+    path = os.path.abspath(filename)
+    return path.startswith(_PACKAGE_DIR + os.sep) and not path.startswith(_EXAMPLES_DIR + os.sep)
+
+
+@dataclass(frozen=True)
+class Handle:
+    """One named entry of a root container: the unit `shutdown()` releases."""
+
+    path: str
+    kind: str
+    target: object
+    evaluable: bool = True
+    detail: str | None = None
+    fix: str | None = None
+
+
+@dataclass
+class RootContainer:
+    kind: str
+    prefix: str
+    obj: object
+    evaluable: bool = True
+    detail: str | None = None
+
+    def handles(self) -> Iterator[Handle]:
+        if self.kind == ATTRIBUTE:
+            yield from _attribute_handles(self.obj, self.prefix)
+        elif self.kind == FRAME:
+            yield from _frame_handles(self)
+        else:
+            yield from _namespace_handles(self)
+
+
+def _attribute_handles(obj: object, prefix: str) -> Iterator[Handle]:
+    if isinstance(obj, dict):
+        for key, value in list(obj.items()):
+            step = key_step(key)
+            yield Handle(prefix + step.text, ATTRIBUTE, value, step.evaluable, fix=f"del {prefix}{step.text}")
+        return
+    if isinstance(obj, (list, tuple)):
+        for index, value in enumerate(obj):
+            yield Handle(f"{prefix}[{index}]", ATTRIBUTE, value, fix=f"{prefix}.clear()")
+        return
+    try:
+        attrs = dict(vars(obj))
+    except TypeError:
+        attrs = {}
+    for cls in type(obj).__mro__:
+        for name, member in list(vars(cls).items()):
+            if isinstance(member, types.MemberDescriptorType) and name not in attrs:
+                try:
+                    attrs[name] = member.__get__(obj)
+                except AttributeError:
+                    continue
+    module = obj if isinstance(obj, torch.nn.Module) else None
+    for name, value in attrs.items():
+        if module is not None and name in _MODULE_CONTAINERS and isinstance(value, dict):
+            for key, entry in list(value.items()):
+                step = module_entry_step(module, name, key)
+                yield Handle(prefix + step.text, ATTRIBUTE, entry, fix=f"del {_self(prefix)}{step.text}")
+            continue
+        step = attribute_step(obj, name)
+        yield Handle(prefix + step.text, ATTRIBUTE, value, fix=f"del {_self(prefix)}{step.text}")
+
+
+def _self(prefix: str) -> str:
+    """Suggested fixes are written from inside `shutdown()`, where the runner is `self`."""
+    return "self" if prefix == "runner" else prefix
+
+
+def _namespace_handles(container: RootContainer) -> Iterator[Handle]:
+    namespace = vars(container.obj)
+    for name, value in list(namespace.items()):
+        if not isinstance(name, str) or name in ("__builtins__", "__dict__", "__weakref__"):
+            continue
+        path = f"{container.prefix}.{name}" if name.isidentifier() else f"{container.prefix}.__dict__[{name!r}]"
+        yield Handle(path, container.kind, value, container.evaluable, fix=release_line(path, value))
+
+
+def release_line(path: str, value: object) -> str:
+    """The line a shutdown() would add to drop a global or class attribute."""
+    if type(value).__name__ == "_lru_cache_wrapper":
+        return f"{path}.cache_clear()"
+    if isinstance(value, _CLEARABLE):
+        return f"{path}.clear()"
+    return f"{path} = None"
+
+
+def _frame_handles(container: RootContainer) -> Iterator[Handle]:
+    frame = container.obj
+    assert isinstance(frame, types.FrameType)
+    for name, value in list(frame.f_locals.items()):
+        yield Handle(
+            f"{container.prefix}.f_locals[{name!r}]",
+            FRAME,
+            value,
+            evaluable=False,
+            detail=container.detail,
+            fix=f"# let {frame.f_code.co_qualname if hasattr(frame.f_code, 'co_qualname') else frame.f_code.co_name} "
+            f"return or drop its local {name!r}",
+        )
+
+
+def frame_label(frame: types.FrameType, thread: str | None) -> str:
+    code = frame.f_code
+    name = getattr(code, "co_qualname", code.co_name)
+    where = f"{os.path.basename(code.co_filename)}:{frame.f_lineno}"
+    return f"<frame {name} at {where}" + (f" in thread {thread}>" if thread else ">")
+
+
+@dataclass
+class RootIndex:
+    """Which graph nodes stop the walk, and which of those are named containers."""
+
+    graph: HeapGraph
+    stop: np.ndarray
+    containers: dict[int, RootContainer] = field(default_factory=dict)
+
+    @cached_property
+    def container_nodes(self) -> np.ndarray:
+        return np.fromiter(self.containers.keys(), dtype=np.int64, count=len(self.containers))
+
+
+def index_roots(
+    graph: HeapGraph,
+    runner: object | None,
+    caller_frames: bool,
+    barriers: tuple[object, ...] = (),
+) -> RootIndex:
+    """Mark root containers and barriers among the graph's nodes."""
+    objects = graph.objects
+    stop = np.zeros(graph.size, dtype=np.bool_)
+    index = RootIndex(graph=graph, stop=stop)
+
+    def mark(obj: object, container: RootContainer | None = None) -> None:
+        node = graph.index_of(obj)
+        if node < 0:
+            return
+        stop[node] = True
+        if container is not None:
+            index.containers.setdefault(node, container)
+
+    for obj in barriers:
+        mark(obj)
+
+    node_types = list(map(type, objects))
+    type_ids = ids_of(node_types)
+    distinct = set(node_types)
+    del node_types
+
+    def nodes_of(predicate) -> list:
+        wanted = np.array([id(t) for t in distinct if predicate(t)], dtype=np.int64)
+        return [objects[i] for i in np.flatnonzero(np.isin(type_ids, wanted)).tolist()]
+
+    own_thread = threading.get_ident()
+    names = {t.ident: t.name for t in threading.enumerate()}
+    own_frames: set[int] = set()
+    frame = sys._getframe()
+    while frame is not None:
+        own_frames.add(id(frame))
+        frame = frame.f_back
+
+    if runner is not None:
+        runner_container = RootContainer(ATTRIBUTE, "runner", runner)
+        mark(runner, runner_container)
+        inner = _instance_dict(runner)
+        if inner is not None:
+            mark(inner, runner_container)
+        if isinstance(runner, torch.nn.Module):
+            for table in _MODULE_CONTAINERS:
+                mark(getattr(runner, "__dict__", {}).get(table), runner_container)
+
+    for module in nodes_of(lambda t: issubclass(t, types.ModuleType)):
+        mark(module)
+        namespace = getattr(module, "__dict__", None)
+        name = getattr(module, "__name__", None)
+        if not isinstance(namespace, dict) or not isinstance(name, str):
+            continue
+        if is_own_module(name):
+            mark(namespace)
+        else:
+            mark(namespace, RootContainer(GLOBAL, name, module, evaluable=sys.modules.get(name) is module))
+
+    for cls in nodes_of(lambda t: issubclass(t, type)):
+        mark(cls)
+        namespace = _class_dict(cls)
+        if namespace is None:
+            continue
+        module_name = getattr(cls, "__module__", None)
+        if not isinstance(module_name, str) or is_own_module(module_name):
+            mark(namespace)
+            continue
+        qualname = getattr(cls, "__qualname__", cls.__name__)
+        evaluable = "<" not in qualname and sys.modules.get(module_name) is not None
+        mark(namespace, RootContainer(CLASS_ATTRIBUTE, f"{module_name}.{qualname}", cls, evaluable=evaluable))
+
+    live = {id(f): tid for tid, top in sys._current_frames().items() for f in _stack(top)}
+    for frame in nodes_of(lambda t: issubclass(t, types.FrameType)):
+        thread = live.get(id(frame))
+        if id(frame) in own_frames or is_own_code(frame.f_code.co_filename):
+            if caller_frames and id(frame) in own_frames and not is_own_code(frame.f_code.co_filename):
+                label = frame_label(frame, None)
+                mark(frame, RootContainer(FRAME, label, frame, evaluable=False, detail="caller's frame"))
+            else:
+                mark(frame)
+        elif thread is not None and thread != own_thread:
+            label = frame_label(frame, names.get(thread, str(thread)))
+            mark(frame, RootContainer(FRAME, label, frame, evaluable=False, detail=f"live frame of thread {names.get(thread, thread)}"))
+    return index
+
+
+def _stack(frame: types.FrameType | None) -> Iterator[types.FrameType]:
+    while frame is not None:
+        yield frame
+        frame = frame.f_back
+
+
+def _instance_dict(obj: object) -> dict | None:
+    try:
+        value = object.__getattribute__(obj, "__dict__")
+    except AttributeError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _class_dict(cls: type) -> dict | None:
+    """The real dict behind `cls.__dict__` (a read-only proxy the gc does not see)."""
+    try:
+        proxy = type.__dict__["__dict__"].__get__(cls)
+    except (TypeError, KeyError):
+        return None
+    import gc
+
+    for referent in gc.get_referents(proxy):
+        if isinstance(referent, dict):
+            return referent
+    return None

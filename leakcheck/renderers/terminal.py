@@ -1,0 +1,138 @@
+"""The report a developer reads in a terminal: verdict first, then memory, holders, and the fix."""
+
+from __future__ import annotations
+
+from rich.console import Console, Group
+from rich.markup import escape
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from leakcheck.report.model import FREED_BY_COLLECTOR, MemorySample, Report
+from leakcheck.sizes import format_bytes, format_delta
+
+_VERDICT_STYLE = {"pass": "bold green", "fail": "bold red", "error": "bold magenta"}
+MAX_OWNERS = 25
+MAX_EXAMPLES = 3
+
+
+def render(report: Report, console: Console, verbose: bool = False) -> None:
+    console.print(_summary(report))
+    if report.error is not None:
+        console.print(_error(report, verbose))
+    console.print(_memory_table(report.memory))
+    if report.owners:
+        console.print(_owners_table(report))
+        console.print(_release(report))
+    notes = list(report.notes)
+    audit_s = report.timings.get("audit_s")
+    if audit_s is not None:
+        notes.append(f"heap audit: {audit_s:.2f} s over {report.heap_objects:,} objects")
+    if notes:
+        console.print(Text("Notes", style="bold"))
+        for note in notes:
+            console.print(f"  • {escape(note)}", highlight=False)
+
+
+def _summary(report: Report) -> Panel:
+    verdict = Text(report.verdict.upper(), style=_VERDICT_STYLE[report.verdict])
+    line = Text.assemble(verdict, "  ")
+    holders = [o for o in report.owners if o.kind not in FREED_BY_COLLECTOR]
+    if report.verdict == "error" and report.error is not None:
+        line.append(f"{report.error.type} in {report.error.phase}: {report.error.message}")
+        line.append(f"\n{format_bytes(report.leaked_bytes)} still held after shutdown()")
+    elif report.leaked_bytes:
+        line.append(f"{format_bytes(report.leaked_bytes)} still held after shutdown()", style="bold")
+    else:
+        line.append("shutdown() released everything it allocated on the device")
+    line.append(f"   limit {format_bytes(report.max_leaked_bytes)}")
+    details = []
+    if holders:
+        details.append(f"{len(holders)} holder(s), {len(report.storages)} storage(s)")
+    if report.allowed_bytes:
+        details.append(f"{format_bytes(report.allowed_bytes)} allowed by the gate")
+    if report.cycle_bytes:
+        details.append(f"{format_bytes(report.cycle_bytes)} held only by garbage cycles (gc.collect() frees it)")
+    if details:
+        line.append("\n" + " · ".join(details), style="dim")
+    env = report.environment
+    title = f"leakcheck · {report.name} · {report.device}" + (f" · {env['gpu']}" if env.get("gpu") else "")
+    return Panel(line, title=title, title_align="left", border_style=_VERDICT_STYLE[report.verdict].split()[-1])
+
+
+def _error(report: Report, verbose: bool) -> Panel:
+    error = report.error
+    assert error is not None
+    body = Text(f"{error.type}: {error.message}")
+    if verbose and error.traceback:
+        body = Text(error.traceback.rstrip())
+    elif error.traceback:
+        body.append("\n(run with --verbose for the traceback)", style="dim")
+    return Panel(body, title=f"the runner raised during {error.phase}", title_align="left", border_style="magenta")
+
+
+def _memory_table(samples: list[MemorySample]) -> Table:
+    table = Table(title="Memory by phase", title_justify="left", title_style="bold")
+    columns = [
+        ("NVML process", "nvml_process_bytes"),
+        ("NVML device", "nvml_device_bytes"),
+        ("torch allocated", "torch_allocated_bytes"),
+        ("torch reserved", "torch_reserved_bytes"),
+        ("RSS", "rss_bytes"),
+    ]
+    present = [(title, attr) for title, attr in columns if any(getattr(s, attr) is not None for s in samples)]
+    table.add_column("phase")
+    for title, _ in present:
+        table.add_column(title, justify="right")
+        table.add_column("Δ baseline", justify="right", style="dim")
+    base = samples[0] if samples else None
+    for sample in samples:
+        row = [sample.phase]
+        for _, attr in present:
+            value = getattr(sample, attr)
+            start = getattr(base, attr) if base else None
+            row.append(format_bytes(value))
+            row.append(format_delta(value - start) if value is not None and start is not None else "n/a")
+        table.add_row(*row)
+    return table
+
+
+def _owners_table(report: Report) -> Table:
+    """One row per holder; example paths sit under the holder, where the width is."""
+    table = Table(title="Holders, by bytes they reach", title_justify="left", title_style="bold", expand=True)
+    table.add_column("holder  [dim](example paths)[/dim]", overflow="fold", ratio=1)
+    table.add_column("kind", no_wrap=True)
+    table.add_column("reachable", justify="right", no_wrap=True)
+    table.add_column("retained", justify="right", no_wrap=True)
+    table.add_column("tensors", justify="right", no_wrap=True)
+    for owner in report.owners[:MAX_OWNERS]:
+        cell = Text(owner.path, style="bold")
+        if owner.allowed:
+            cell.append(" (allowed)", style="dim")
+        for example in owner.examples[:MAX_EXAMPLES]:
+            cell.append(f"\n  {example}", style="dim")
+        if owner.detail:
+            cell.append(f"\n  {owner.detail}", style="italic dim")
+        style = "dim" if owner.allowed or owner.kind in FREED_BY_COLLECTOR else None
+        table.add_row(cell, owner.kind, format_bytes(owner.reachable_bytes), format_bytes(owner.retained_bytes),
+                      str(owner.tensors), style=style)
+    if len(report.owners) > MAX_OWNERS:
+        table.caption = f"{len(report.owners) - MAX_OWNERS} more holder(s) in the JSON report"
+    return table
+
+
+def _release(report: Report) -> Panel:
+    parts: list[Text] = []
+    for group in report.shared[:10]:
+        names = ", ".join(group.owners)
+        parts.append(Text.assemble(
+            (format_bytes(group.bytes), "bold"),
+            f" in {group.storages} storage(s) is held by {len(group.owners)} holders together; "
+            f"each alone retains none of it, and all must go before a byte is freed:\n    {names}",
+        ))
+    if report.release:
+        code = "\n".join(f"    {line}" for line in report.release)
+        parts.append(Text.assemble(("Suggested lines for shutdown():\n", "bold"), (code, "cyan")))
+    if not parts:
+        parts.append(Text("Nothing to release."))
+    return Panel(Group(*parts), title="What shutdown() must release", title_align="left")

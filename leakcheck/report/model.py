@@ -1,0 +1,136 @@
+"""The plain data a run produces: what the engine found and what the lifecycle measured.
+
+Renderers read these dataclasses and nothing else; `asdict()` of a `Report` is the JSON
+contract (schema_version 1), so fields are only ever added, never renamed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+# Owner kinds, in the order a developer should look at them.
+ATTRIBUTE = "attribute"  # runner.NAME
+GLOBAL = "global"  # module.NAME (also lru_cache wrappers)
+CLASS_ATTRIBUTE = "class_attribute"  # module.Class.NAME
+CLOSURE = "closure"  # a function's cell, reached from any root
+FRAME = "frame"  # a live frame of another thread (or the caller, for API use)
+CYCLE = "cycle"  # garbage only the cyclic collector frees
+UNTRACKED = "untracked"  # held by a reference the gc cannot see (C/C++, autograd, extensions)
+UNATTRIBUTED = "unattributed"  # alive, but reachable from no root leakcheck knows
+
+FREED_BY_COLLECTOR = {CYCLE}
+
+
+@dataclass
+class Owner:
+    """A holder a developer can release, and what releasing it would free."""
+
+    path: str
+    kind: str
+    reachable_bytes: int
+    retained_bytes: int
+    tensors: int
+    storages: int
+    examples: list[str] = field(default_factory=list)
+    detail: str | None = None
+    fix: str | None = None
+    evaluable: bool = True
+    allowed: bool = False
+
+
+@dataclass
+class Storage:
+    """One block of device memory still alive, however many tensors view it."""
+
+    device: str
+    nbytes: int
+    dtype: str
+    shape: list[int]
+    example: str
+    owners: list[str]
+    tensors: int
+    collectable: bool = False  # only garbage cycles hold it: gc.collect() frees it
+    allocated_at: str | None = None
+
+
+@dataclass
+class SharedHold:
+    """Bytes that only come free when every one of `owners` is released."""
+
+    owners: list[str]
+    bytes: int
+    storages: int
+
+
+@dataclass
+class Audit:
+    """What the ownership engine found, for one device, at one moment."""
+
+    device: str
+    owners: list[Owner]
+    storages: list[Storage]
+    shared: list[SharedHold]
+    held_bytes: int
+    cycle_bytes: int
+    baseline_storages: int
+    heap_objects: int
+    heap_edges: int
+    frozen_objects: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def owner(self, path: str) -> Owner | None:
+        return next((o for o in self.owners if o.path == path), None)
+
+
+@dataclass
+class MemorySample:
+    """Memory figures at one lifecycle phase; None where this machine cannot measure them."""
+
+    phase: str
+    nvml_process_bytes: int | None = None
+    nvml_device_bytes: int | None = None
+    torch_allocated_bytes: int | None = None
+    torch_reserved_bytes: int | None = None
+    rss_bytes: int | None = None
+
+
+@dataclass
+class RunError:
+    phase: str
+    type: str
+    message: str
+    traceback: str | None = None
+
+
+@dataclass
+class Report:
+    name: str
+    device: str
+    verdict: str  # pass | fail | error
+    leaked_bytes: int
+    max_leaked_bytes: int
+    held_bytes: int = 0
+    allowed_bytes: int = 0
+    cycle_bytes: int = 0
+    owners: list[Owner] = field(default_factory=list)
+    storages: list[Storage] = field(default_factory=list)
+    shared: list[SharedHold] = field(default_factory=list)
+    release: list[str] = field(default_factory=list)
+    memory: list[MemorySample] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    error: RunError | None = None
+    notes: list[str] = field(default_factory=list)
+    config: str | None = None
+    environment: dict[str, Any] = field(default_factory=dict)
+    heap_objects: int = 0
+    schema_version: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        ordered = {"schema_version": data.pop("schema_version")}
+        ordered.update(data)
+        return ordered
