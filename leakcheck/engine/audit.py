@@ -7,7 +7,6 @@ audited device, prints nothing, and returns an `Audit` for a renderer.
 from __future__ import annotations
 
 import gc
-import sys
 import time
 from collections.abc import Callable
 
@@ -15,7 +14,7 @@ import numpy as np
 
 from leakcheck.engine.heap import build_graph, collector_paused, frozen_objects_visible
 from leakcheck.engine.owners import Leaked, effective_owners, find_owners
-from leakcheck.engine.roots import index_roots
+from leakcheck.engine.roots import capture_live_frames, frame_references, index_roots
 from leakcheck.engine.tensors import Baseline, StorageKey, hidden_edges, normalize_device, storage_of, tensor_nodes
 from leakcheck.report.model import FREED_BY_COLLECTOR, Audit, Owner, SharedHold, Storage
 
@@ -62,13 +61,9 @@ def audit(
     say = progress or (lambda _message: None)
     device = normalize_device(device)
     started = time.perf_counter()
-    # Materialise the calling frames now, so the snapshot sees what their locals hold.
-    stack = []
-    frame = sys._getframe()
-    while frame is not None:
-        stack.append(frame)
-        frame = frame.f_back
-    del frame
+    frames = capture_live_frames(caller_frames)
+    # Read the baseline before the saving collection, which clears weak references to garbage.
+    exclude = baseline.live_keys() if baseline is not None else set()
     garbage = collect_cyclic_garbage() if find_cycles else []
     timings: dict[str, float] = {}
     with frozen_objects_visible() as freeze, collector_paused():
@@ -78,13 +73,14 @@ def audit(
         known = len(objects)
         extra_edges = hidden_edges(objects, nodes)
         nodes = np.concatenate([nodes, np.arange(known, len(objects))])
-        leaked, storages = _leaked_storages(objects, nodes, device, baseline)
+        leaked, storages = _leaked_storages(objects, nodes, device, exclude)
         del nodes
-        graph = build_graph(objects, extra_edges)
+        graph = build_graph(objects, extra_edges + frame_references(frames))
+        del extra_edges  # its pairs hold references the refcount check must not see
         del objects
         timings["scan_s"] = time.perf_counter() - started
         say(f"attributing {leaked.count:,} storages over {graph.size:,} objects")
-        roots = index_roots(graph, runner, caller_frames, barriers=(garbage, stack))
+        roots = index_roots(graph, runner, frames, barriers=(garbage, frames))
         garbage_nodes = graph.lookup(np.fromiter(map(id, garbage), dtype=np.int64, count=len(garbage)))
         garbage_nodes = garbage_nodes[garbage_nodes >= 0]
         ownership = find_owners(graph, roots, leaked, garbage_nodes)
@@ -103,10 +99,9 @@ def audit(
 
 
 def _leaked_storages(
-    objects: list, nodes: np.ndarray, device: str, baseline: Baseline | None
+    objects: list, nodes: np.ndarray, device: str, exclude: set[StorageKey]
 ) -> tuple[Leaked, list[dict]]:
     """Tensor nodes on `device` whose storage was not alive at baseline, numbered by storage."""
-    exclude = baseline.live_keys() if baseline is not None else set()
     index: dict[StorageKey, int] = {}
     info: list[dict] = []
     kept_nodes: list[int] = []
@@ -123,7 +118,7 @@ def _leaked_storages(
         slot = index.get(key)
         if slot is None:
             slot = index[key] = len(info)
-            info.append({"nbytes": nbytes, "dtype": str(tensor.dtype).replace("torch.", ""),
+            info.append({"address": key[1], "nbytes": nbytes, "dtype": str(tensor.dtype).replace("torch.", ""),
                          "shape": list(tensor.shape), "numel": tensor.numel(), "tensors": 0})
         elif tensor.numel() > info[slot]["numel"]:
             info[slot].update(dtype=str(tensor.dtype).replace("torch.", ""), shape=list(tensor.shape),
@@ -185,7 +180,7 @@ def _summarize(device, leaked, storages, ownership, heap_objects, heap_edges, ba
             held += nbytes[s]
         example = ownership.example[s]
         storage_reports.append(Storage(
-            device=device, nbytes=nbytes[s], dtype=meta["dtype"], shape=meta["shape"],
+            device=device, address=meta["address"], nbytes=nbytes[s], dtype=meta["dtype"], shape=meta["shape"],
             example=example[0] if example else "", owners=[holders[o].handle.path for o in live],
             tensors=meta["tensors"], collectable=collectable,
         ))

@@ -175,13 +175,13 @@ def expand(indptr: np.ndarray, indices: np.ndarray, nodes: np.ndarray) -> tuple[
 
 def build_graph(
     objects: list,
-    extra_edges: Sequence[tuple[int, int]] = (),
+    extra_references: Sequence[tuple[object, object]] = (),
     progress: Callable[[int, int], None] | None = None,
 ) -> HeapGraph:
     """Index `objects` and every strong reference between them.
 
-    `extra_edges` are (holder, held) node pairs that `gc.get_referents` does not report but
-    that are real ownership, such as a tensor's `.grad`.
+    `extra_references` are (holder, held) pairs that `gc.get_referents` does not report but
+    that are real ownership, such as a tensor's `.grad`; pairs outside `objects` are dropped.
     """
     n = len(objects)
     ids = ids_of(objects)
@@ -212,8 +212,12 @@ def build_graph(
 
     indices = np.concatenate(dst_parts) if dst_parts else np.empty(0, dtype=np.int32)
     del dst_parts
-    if extra_edges:
-        indices, counts = _add_edges(indices, counts, extra_edges)
+    if extra_references:
+        holders = _lookup(sorted_ids, order, ids_of([pair[0] for pair in extra_references]))
+        held = _lookup(sorted_ids, order, ids_of([pair[1] for pair in extra_references]))
+        both = (holders >= 0) & (held >= 0)
+        if both.any():
+            indices, counts = _add_edges(indices, counts, holders[both], held[both])
     indptr = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(counts, out=indptr[1:])
     data = np.ones(indices.shape[0], dtype=np.bool_)
@@ -231,16 +235,13 @@ def build_graph(
 
 
 def _add_edges(
-    indices: np.ndarray, counts: np.ndarray, extra: Sequence[tuple[int, int]]
+    indices: np.ndarray, counts: np.ndarray, extra_src: np.ndarray, extra_dst: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """Splice extra (src, dst) edges into CSR rows, keeping rows contiguous."""
     n = counts.shape[0]
-    starts = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(counts, out=starts[1:])
     src = np.repeat(np.arange(n), counts)
-    extra_arr = np.array(extra, dtype=np.int64).reshape(-1, 2)
-    all_src = np.concatenate([src, extra_arr[:, 0]])
-    all_dst = np.concatenate([indices.astype(np.int64), extra_arr[:, 1]])
+    all_src = np.concatenate([src, extra_src])
+    all_dst = np.concatenate([indices.astype(np.int64), extra_dst])
     order = np.argsort(all_src, kind="stable")
     new_counts = np.bincount(all_src, minlength=n)
     return all_dst[order].astype(indices.dtype), new_counts

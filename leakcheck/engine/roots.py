@@ -132,18 +132,62 @@ def release_line(path: str, value: object) -> str:
 
 
 def _frame_handles(container: RootContainer) -> Iterator[Handle]:
-    frame = container.obj
-    assert isinstance(frame, types.FrameType)
-    for name, value in list(frame.f_locals.items()):
+    live = container.obj
+    assert isinstance(live, LiveFrame)
+    for name, value in list(live.locals.items()):
         yield Handle(
             f"{container.prefix}.f_locals[{name!r}]",
             FRAME,
             value,
             evaluable=False,
             detail=container.detail,
-            fix=f"# let {frame.f_code.co_qualname if hasattr(frame.f_code, 'co_qualname') else frame.f_code.co_name} "
-            f"return or drop its local {name!r}",
+            fix=f"# let {live.function} return, or drop its local {name!r}",
         )
+
+
+@dataclass
+class LiveFrame:
+    """A frame still executing, with a copy of its locals taken before the heap is read.
+
+    CPython does not track executing frames in the gc (3.11+), so their locals are invisible
+    to `gc.get_referents`. The copy is a real dict in the snapshot, and its entries stand in
+    for the frame's own references (see `frame_references`).
+    """
+
+    label: str
+    function: str
+    detail: str
+    locals: dict
+
+
+def capture_live_frames(caller_frames: bool) -> list[LiveFrame]:
+    """Frames of other threads, and (for API use) the caller's frames on this thread.
+
+    leakcheck's own frames are never captured: they are the auditor, not the audited.
+    """
+    own_thread = threading.get_ident()
+    names = {t.ident: t.name for t in threading.enumerate()}
+    captured = []
+    for ident, top in sys._current_frames().items():
+        if ident == own_thread and not caller_frames:
+            continue
+        thread = names.get(ident, str(ident))
+        for frame in frame_stack(top):
+            if is_own_code(frame.f_code.co_filename):
+                continue
+            code = frame.f_code
+            function = getattr(code, "co_qualname", code.co_name)
+            if ident == own_thread:
+                label, detail = frame_label(frame, None), "the caller's frame"
+            else:
+                label, detail = frame_label(frame, thread), f"live frame of thread {thread}"
+            captured.append(LiveFrame(label, function, detail, dict(frame.f_locals)))
+    return captured
+
+
+def frame_references(frames: list[LiveFrame]) -> list[tuple[object, object]]:
+    """(locals copy, value) pairs standing for the references an executing frame holds."""
+    return [(live.locals, value) for live in frames for value in live.locals.values()]
 
 
 def frame_label(frame: types.FrameType, thread: str | None) -> str:
@@ -169,10 +213,13 @@ class RootIndex:
 def index_roots(
     graph: HeapGraph,
     runner: object | None,
-    caller_frames: bool,
+    frames: list[LiveFrame],
     barriers: tuple[object, ...] = (),
 ) -> RootIndex:
-    """Mark root containers and barriers among the graph's nodes."""
+    """Mark root containers and barriers among the graph's nodes.
+
+    frames: live frames captured by `capture_live_frames` before the heap was read.
+    """
     objects = graph.objects
     stop = np.zeros(graph.size, dtype=np.bool_)
     index = RootIndex(graph=graph, stop=stop)
@@ -197,13 +244,6 @@ def index_roots(
         wanted = np.array([id(t) for t in distinct if predicate(t)], dtype=np.int64)
         return [objects[i] for i in np.flatnonzero(np.isin(type_ids, wanted)).tolist()]
 
-    own_thread = threading.get_ident()
-    names = {t.ident: t.name for t in threading.enumerate()}
-    own_frames: set[int] = set()
-    frame = sys._getframe()
-    while frame is not None:
-        own_frames.add(id(frame))
-        frame = frame.f_back
 
     if runner is not None:
         runner_container = RootContainer(ATTRIBUTE, "runner", runner)
@@ -239,22 +279,16 @@ def index_roots(
         evaluable = "<" not in qualname and sys.modules.get(module_name) is not None
         mark(namespace, RootContainer(CLASS_ATTRIBUTE, f"{module_name}.{qualname}", cls, evaluable=evaluable))
 
-    live = {id(f): tid for tid, top in sys._current_frames().items() for f in _stack(top)}
+    for live in frames:
+        mark(live.locals, RootContainer(FRAME, live.label, live, evaluable=False, detail=live.detail))
+    # Finished frames (tracebacks, generators) are ordinary objects; leakcheck's own are barriers.
     for frame in nodes_of(lambda t: issubclass(t, types.FrameType)):
-        thread = live.get(id(frame))
-        if id(frame) in own_frames or is_own_code(frame.f_code.co_filename):
-            if caller_frames and id(frame) in own_frames and not is_own_code(frame.f_code.co_filename):
-                label = frame_label(frame, None)
-                mark(frame, RootContainer(FRAME, label, frame, evaluable=False, detail="caller's frame"))
-            else:
-                mark(frame)
-        elif thread is not None and thread != own_thread:
-            label = frame_label(frame, names.get(thread, str(thread)))
-            mark(frame, RootContainer(FRAME, label, frame, evaluable=False, detail=f"live frame of thread {names.get(thread, thread)}"))
+        if is_own_code(frame.f_code.co_filename):
+            mark(frame)
     return index
 
 
-def _stack(frame: types.FrameType | None) -> Iterator[types.FrameType]:
+def frame_stack(frame: types.FrameType | None) -> Iterator[types.FrameType]:
     while frame is not None:
         yield frame
         frame = frame.f_back

@@ -6,6 +6,7 @@ those bytes several times. Everything here is keyed by storage.
 
 from __future__ import annotations
 
+import gc
 import warnings
 import weakref
 from dataclasses import dataclass, field
@@ -65,7 +66,7 @@ def tensor_nodes(objects: list) -> np.ndarray:
     return np.flatnonzero(np.isin(type_ids, tensor_type_ids))
 
 
-def hidden_edges(objects: list, nodes: np.ndarray) -> list[tuple[int, int]]:
+def hidden_edges(objects: list, nodes: np.ndarray) -> list[tuple[object, object]]:
     """Ownership that lives in C++ autograd metadata, as (holder, held) node pairs.
 
     A tensor's `.grad` and a view's `._base` are not gc referents, yet a `.grad` pins as many
@@ -73,7 +74,7 @@ def hidden_edges(objects: list, nodes: np.ndarray) -> list[tuple[int, int]]:
     one reference from C++, which would otherwise look like an untracked holder). Tensors
     that had no Python object yet are created and appended to `objects`.
     """
-    node_of = {id(objects[node]): node for node in nodes.tolist()}
+    known = {id(objects[node]) for node in nodes.tolist()}
     edges = []
     getters = [getattr(torch._C.TensorBase, name, None) for name in ("_grad", "_base")]
     with warnings.catch_warnings():
@@ -87,11 +88,10 @@ def hidden_edges(objects: list, nodes: np.ndarray) -> list[tuple[int, int]]:
                     continue
                 if held is None:
                     continue
-                target = node_of.get(id(held))
-                if target is None:
+                if id(held) not in known:
                     objects.append(held)
-                    target = node_of[id(held)] = len(objects) - 1
-                edges.append((node, target))
+                    known.add(id(held))
+                edges.append((tensor, held))
     return edges
 
 
@@ -121,9 +121,11 @@ class Baseline:
 
 
 def take_baseline(device: str) -> Baseline:
-    """Record the tensors already alive on `device`, before the runner's factory runs."""
-    import gc
+    """Record the tensors already alive on `device`, before the runner's factory runs.
 
+    Garbage is collected first: a cycle left over from earlier work is nobody's baseline.
+    """
+    gc.collect()
     objects = gc.get_objects()
     nodes = tensor_nodes(objects)
     baseline = Baseline(device=device)

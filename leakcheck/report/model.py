@@ -46,6 +46,7 @@ class Storage:
     """One block of device memory still alive, however many tensors view it."""
 
     device: str
+    address: int  # data pointer: joins with allocator snapshots and allocation history
     nbytes: int
     dtype: str
     shape: list[int]
