@@ -92,8 +92,6 @@ def test_json_contract(tmp_path):
         assert set(sample) == {"phase", "nvml_process_bytes", "nvml_device_bytes", "torch_allocated_bytes",
                                "torch_reserved_bytes", "rss_bytes"}
         assert sample["nvml_process_bytes"] is None and sample["rss_bytes"] > 0
-    loaded = report["memory"][1]["rss_bytes"] - report["memory"][0]["rss_bytes"]
-    assert loaded > 0  # the model's weights show up in RSS on CPU
     assert report["timings"]["audit_s"] > 0
     assert any("NVML" in note for note in report["notes"])
 

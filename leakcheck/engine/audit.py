@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from leakcheck.engine.heap import build_graph, collector_paused, frozen_objects_visible
+from leakcheck.engine.heap import TypeIndex, build_graph, collector_paused, frozen_objects_visible
 from leakcheck.engine.owners import Leaked, effective_owners, find_owners
 from leakcheck.engine.roots import capture_live_frames, frame_references, index_roots
 from leakcheck.engine.tensors import Baseline, StorageKey, hidden_edges, normalize_device, storage_of, tensor_nodes
@@ -21,32 +21,12 @@ from leakcheck.report.model import FREED_BY_COLLECTOR, Audit, Owner, SharedHold,
 Progress = Callable[[str], None]
 
 
-def collect_cyclic_garbage() -> list:
-    """Run the collector but keep what it would free, so the audit can say who only a cycle holds.
-
-    With DEBUG_SAVEALL the collector appends unreachable objects to gc.garbage instead of
-    freeing them. We take them out of gc.garbage (so `gc.garbage` never shows as an owner);
-    the caller drops the returned list and the next collection frees them.
-    """
-    flags = gc.get_debug()
-    before = len(gc.garbage)
-    gc.set_debug(flags | gc.DEBUG_SAVEALL)
-    try:
-        gc.collect()
-    finally:
-        gc.set_debug(flags)
-    found = gc.garbage[before:]
-    del gc.garbage[before:]
-    return found
-
-
 def audit(
     runner: object | None = None,
     device: str = "cpu",
     baseline: Baseline | None = None,
     *,
     caller_frames: bool = True,
-    find_cycles: bool = True,
     progress: Progress | None = None,
 ) -> Audit:
     """Find every storage alive on `device` and attribute it to the holders that pin it.
@@ -55,40 +35,36 @@ def audit(
     baseline: from `take_baseline()` before the runner existed; its storages are not counted.
     caller_frames: report the frames of the calling thread below this call as `frame`
         owners (API use); the CLI passes False, since those frames are leakcheck's own.
-    find_cycles: first run a saving collection to report garbage held only by reference
-        cycles (`cycle` owners), which `gc.collect()` frees.
+
+    Storages held only by reference cycles are reported as `cycle` owners, which
+    `gc.collect()` frees; the audit finds them without collecting.
     """
     say = progress or (lambda _message: None)
     device = normalize_device(device)
     started = time.perf_counter()
     frames = capture_live_frames(caller_frames)
-    # Read the baseline before the saving collection, which clears weak references to garbage.
     exclude = baseline.live_keys() if baseline is not None else set()
-    garbage = collect_cyclic_garbage() if find_cycles else []
     timings: dict[str, float] = {}
     with frozen_objects_visible() as freeze, collector_paused():
         say("reading the heap")
         objects = gc.get_objects()
-        nodes = tensor_nodes(objects)
+        types = TypeIndex(objects)
+        nodes = tensor_nodes(objects, types)
         known = len(objects)
         extra_edges = hidden_edges(objects, nodes)
+        types.extend(objects[known:])
         nodes = np.concatenate([nodes, np.arange(known, len(objects))])
         leaked, storages = _leaked_storages(objects, nodes, device, exclude)
         del nodes
-        graph = build_graph(objects, extra_edges + frame_references(frames))
+        graph = build_graph(objects, extra_edges + frame_references(frames), types)
         del extra_edges  # its pairs hold references the refcount check must not see
         del objects
         timings["scan_s"] = time.perf_counter() - started
         say(f"attributing {leaked.count:,} storages over {graph.size:,} objects")
-        roots = index_roots(graph, runner, frames, barriers=(garbage, frames))
-        garbage_nodes = graph.lookup(np.fromiter(map(id, garbage), dtype=np.int64, count=len(garbage)))
-        garbage_nodes = garbage_nodes[garbage_nodes >= 0]
-        ownership = find_owners(graph, roots, leaked, garbage_nodes)
+        roots = index_roots(graph, runner, frames, barriers=(frames,))
+        ownership = find_owners(graph, roots, leaked)
         result = _summarize(device, leaked, storages, ownership, graph.size, graph.edges, baseline)
         del graph, roots, ownership
-        garbage.clear()
-        if freeze.frozen_objects:
-            gc.collect()  # free the saved garbage before the heap is frozen again
     result.frozen_objects = freeze.frozen_objects
     if freeze.note:
         result.notes.append(freeze.note)

@@ -26,7 +26,7 @@ import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 
 from leakcheck.engine.heap import HeapGraph, expand, ids_of
-from leakcheck.engine.paths import describe_chain, join
+from leakcheck.engine.paths import describe_chain, indexed_containers, join
 from leakcheck.engine.roots import Handle, RootIndex
 from leakcheck.report.model import CLOSURE, CYCLE, FREED_BY_COLLECTOR, UNATTRIBUTED, UNTRACKED
 
@@ -132,16 +132,17 @@ def find_owners(
     graph: HeapGraph,
     roots: RootIndex,
     leaked: Leaked,
-    garbage: np.ndarray,
     describe_limit: int = 20000,
 ) -> Ownership:
     """Attribute every leaked storage to the handles that pin it."""
     objects = graph.objects
-    # Before any handle exists: handles hold their targets, which would add references.
-    untracked = _excess_references(graph, leaked)
     inside, stops = reverse_reach(graph, leaked.nodes, roots.stop)
     sub = _Subgraph.of(graph, inside)
     tensor_local = sub.local[leaked.nodes]
+    # Before any handle exists: handles hold their targets, which would add references.
+    unexplained = unexplained_references(graph, sub.nodes)
+    untracked = _untracked_by_storage(leaked, unexplained[tensor_local])
+    garbage = _garbage(graph, sub, roots.stop, unexplained)
 
     holders: list[Holder] = []
     owner_sets: list[list[int]] = [[] for _ in range(leaked.count)]
@@ -182,16 +183,18 @@ def find_owners(
     containers = {id(c): c for node in stops.tolist() if (c := roots.containers.get(node)) is not None}
     handles = [h for c in containers.values() for h in c.handles()]
     targets = graph.lookup(ids_of([h.target for h in handles])) if handles else np.empty(0, dtype=np.int64)
-    for handle, target in zip(handles, targets.tolist()):
-        if target >= 0 and inside[target]:
-            visit(handle, np.array([sub.local[target]]))
+    with indexed_containers():
+        for handle, target in zip(handles, targets.tolist()):
+            if target >= 0 and inside[target]:
+                visit(handle, np.array([sub.local[target]]))
 
-    for component, members in _garbage_cycles(graph, garbage, inside).items():
-        kinds = sorted({type(objects[m]).__name__ for m in members.tolist()})
-        label = f"<garbage cycle of {members.size} objects: {', '.join(kinds[:4])}>"
-        handle = Handle(label, CYCLE, None, evaluable=False, detail="freed by gc.collect()",
-                        fix="gc.collect()  # or break the reference cycle")
-        visit(handle, sub.local[members], prefix_evaluable=False)
+        for members in _garbage_cycles(sub, garbage):
+            kinds = sorted({type(objects[m]).__name__ for m in members.tolist()})
+            label = f"<garbage cycle of {members.size} objects: {', '.join(kinds[:4])}>"
+            handle = Handle(label, CYCLE, None, evaluable=False, detail="freed by gc.collect()",
+                            fix="gc.collect()  # or break the reference cycle")
+            visit(handle, sub.local[members], prefix_evaluable=False)
+    del unexplained
 
     _untracked(graph, leaked, untracked, holders, owner_sets, example)
     _unattributed(graph, leaked, holders, owner_sets, example)
@@ -203,42 +206,56 @@ def find_owners(
     return Ownership(holders=holders, owner_sets=owner_sets, example=example)
 
 
-def _garbage_cycles(graph: HeapGraph, garbage: np.ndarray, inside: np.ndarray) -> dict[int, np.ndarray]:
-    """Connected groups of cyclic garbage that lead to a leaked tensor."""
-    if garbage.size == 0:
-        return {}
-    garbage = np.unique(garbage)
-    position = np.full(graph.size, -1, dtype=np.int64)
-    position[garbage] = np.arange(garbage.size)
-    src, dst = graph.children(garbage)
+def unexplained_references(graph: HeapGraph, nodes: np.ndarray) -> np.ndarray:
+    """References to each node that no graph edge explains: from C/C++, untracked objects or
+    executing frames.
+
+    `sys.getrefcount` counts its argument and our `objects` list; every other reference
+    should be an edge of the graph.
+    """
+    objects = graph.objects
+    refcounts = np.fromiter((sys.getrefcount(objects[node]) for node in nodes.tolist()), dtype=np.int64,
+                            count=nodes.shape[0])
+    return refcounts - 2 - graph.in_degree(nodes)
+
+
+def _untracked_by_storage(leaked: Leaked, unexplained: np.ndarray) -> dict[int, list[int]]:
+    by_storage: dict[int, list[int]] = defaultdict(list)
+    for position in np.flatnonzero(unexplained > 0).tolist():
+        by_storage[int(leaked.storage[position])].append(int(leaked.nodes[position]))
+    return by_storage
+
+
+def _garbage(graph: HeapGraph, sub: _Subgraph, stop: np.ndarray, unexplained: np.ndarray) -> np.ndarray:
+    """Local nodes only the cyclic collector would free, found without running it.
+
+    The collector's own test, on the part of the heap that leads to leaked tensors: an object
+    is alive when something outside this subgraph references it (a root or barrier, or a
+    reference the graph cannot see) or when a live object does. Whatever is left is garbage.
+    Unlike a DEBUG_SAVEALL collection, this runs no finalizers and clears no weak references.
+    """
+    children, parents = graph.parents(sub.nodes)
+    held_from_outside = np.zeros(sub.nodes.size, dtype=np.bool_)
+    held_from_outside[sub.local[children[stop[parents]]]] = True
+    sources = np.flatnonzero(held_from_outside | (unexplained > 0))
+    return sub.bfs(sources) == -2
+
+
+def _garbage_cycles(sub: _Subgraph, garbage: np.ndarray) -> list[np.ndarray]:
+    """Connected groups of garbage in the leak subgraph, as global node indices."""
+    members = np.flatnonzero(garbage)
+    if members.size == 0:
+        return []
+    position = np.full(sub.nodes.size, -1, dtype=np.int64)
+    position[members] = np.arange(members.size)
+    src, dst = expand(sub.indptr, sub.indices, members)
     keep = position[dst] >= 0
     adjacency = sp.coo_matrix(
         (np.ones(int(keep.sum()), dtype=np.int8), (position[src[keep]], position[dst[keep]])),
-        shape=(garbage.size, garbage.size),
+        shape=(members.size, members.size),
     )
     _, labels = connected_components(adjacency, directed=True, connection="weak")
-    groups: dict[int, np.ndarray] = {}
-    for label in np.unique(labels).tolist():
-        members = garbage[labels == label]
-        members = members[inside[members]]
-        if members.size:
-            groups[label] = members
-    return groups
-
-
-def _excess_references(graph: HeapGraph, leaked: Leaked) -> dict[int, list[int]]:
-    """Tensors with more references than the heap shows: something outside Python holds them.
-
-    `sys.getrefcount` counts its argument and our `objects` list; every other reference
-    should be an edge of the graph. Returns storage -> tensor nodes with unexplained ones.
-    """
-    in_degree = graph.in_degree(leaked.nodes)
-    by_storage: dict[int, list[int]] = defaultdict(list)
-    for position, node in enumerate(leaked.nodes.tolist()):
-        excess = sys.getrefcount(graph.objects[node]) - 2 - int(in_degree[position])
-        if excess > 0:
-            by_storage[int(leaked.storage[position])].append(node)
-    return by_storage
+    return [sub.nodes[members[labels == label]] for label in np.unique(labels).tolist()]
 
 
 def _untracked(

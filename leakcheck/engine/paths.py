@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 import types
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -89,11 +90,46 @@ def module_entry_step(module: torch.nn.Module, container: str, key: str) -> Step
     return Step(f".{container}[{key!r}]")
 
 
-def _dict_key_of(mapping: dict, value: object) -> tuple[bool, object]:
-    for key, item in list(mapping.items()):
+# While naming many paths, big containers (a 1,000-layer ModuleList's `_modules`, a module
+# dict) are searched many times: index them once. Set by `indexed_containers()`.
+_inverse: dict[int, dict[int, object]] | None = None
+_INDEX_FROM = 16
+
+
+@contextmanager
+def indexed_containers() -> Iterator[None]:
+    """Within this block, key and index look-ups in large containers are O(1).
+
+    The indexes hold keys and indices only, never values, and are dropped on exit.
+    """
+    global _inverse
+    _inverse = {}
+    try:
+        yield
+    finally:
+        _inverse = None
+
+
+def _position_of(container: dict | list | tuple | deque, value: object) -> tuple[bool, object]:
+    """(found, key) for dicts, (found, index) for sequences: where `container` holds `value`."""
+    items = container.items() if isinstance(container, dict) else enumerate(container)
+    if _inverse is not None and len(container) > _INDEX_FROM:
+        inverse = _inverse.get(id(container))
+        if inverse is None:
+            inverse = _inverse[id(container)] = {}
+            for key, item in list(items):
+                inverse.setdefault(id(item), key)
+        if id(value) in inverse:
+            return True, inverse[id(value)]
+        return False, None
+    for key, item in list(items):
         if item is value:
             return True, key
     return False, None
+
+
+def _dict_key_of(mapping: dict, value: object) -> tuple[bool, object]:
+    return _position_of(mapping, value)
 
 
 def describe_chain(chain: Sequence[object]) -> list[Step]:
@@ -117,9 +153,9 @@ def _describe_hop(chain: Sequence[object], i: int) -> tuple[list[Step], int]:
             return [key_step(key)], 1
         return [Step("[<key>]", evaluable=False)], 1
     if isinstance(holder, (list, tuple, deque)):
-        for index, item in enumerate(holder):
-            if item is held:
-                return [Step(f"[{index}]")], 1
+        found, index = _position_of(holder, held)
+        if found:
+            return [Step(f"[{index}]")], 1
         return [Step("[<item>]", evaluable=False)], 1
     if isinstance(holder, (set, frozenset)):
         return [Step(f"<{type(holder).__name__} member>", evaluable=False)], 1

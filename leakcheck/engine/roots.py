@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 import leakcheck
-from leakcheck.engine.heap import HeapGraph, ids_of
+from leakcheck.engine.heap import HeapGraph, TypeIndex, ids_of
 from leakcheck.engine.paths import (
     _MODULE_CONTAINERS,
     Step,
@@ -221,28 +221,20 @@ def index_roots(
     frames: live frames captured by `capture_live_frames` before the heap was read.
     """
     objects = graph.objects
-    stop = np.zeros(graph.size, dtype=np.bool_)
-    index = RootIndex(graph=graph, stop=stop)
+    marked: list[object] = []
+    owners: list[RootContainer | None] = []
 
     def mark(obj: object, container: RootContainer | None = None) -> None:
-        node = graph.index_of(obj)
-        if node < 0:
-            return
-        stop[node] = True
-        if container is not None:
-            index.containers.setdefault(node, container)
+        marked.append(obj)
+        owners.append(container)
 
     for obj in barriers:
         mark(obj)
 
-    node_types = list(map(type, objects))
-    type_ids = ids_of(node_types)
-    distinct = set(node_types)
-    del node_types
+    type_index = graph.types or TypeIndex(objects)
 
     def nodes_of(predicate) -> list:
-        wanted = np.array([id(t) for t in distinct if predicate(t)], dtype=np.int64)
-        return [objects[i] for i in np.flatnonzero(np.isin(type_ids, wanted)).tolist()]
+        return [objects[i] for i in type_index.nodes(predicate).tolist()]
 
 
     if runner is not None:
@@ -285,6 +277,15 @@ def index_roots(
     for frame in nodes_of(lambda t: issubclass(t, types.FrameType)):
         if is_own_code(frame.f_code.co_filename):
             mark(frame)
+
+    nodes = graph.lookup(ids_of(marked))
+    del marked
+    stop = np.zeros(graph.size, dtype=np.bool_)
+    stop[nodes[nodes >= 0]] = True
+    index = RootIndex(graph=graph, stop=stop)
+    for node, container in zip(nodes.tolist(), owners):
+        if node >= 0 and container is not None:
+            index.containers.setdefault(node, container)
     return index
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from leakcheck.engine.heap import ids_of
+from leakcheck.engine.heap import TypeIndex
 
 StorageKey = tuple[str, int]  # (device, data pointer)
 
@@ -50,20 +50,13 @@ def storage_of(tensor: torch.Tensor) -> tuple[StorageKey, int] | None:
     return (str(storage.device), pointer), nbytes
 
 
-def tensor_nodes(objects: list) -> np.ndarray:
-    """Indices of every torch.Tensor (and subclass) among `objects`.
+def is_tensor_type(cls: type) -> bool:
+    return isinstance(cls, type) and issubclass(cls, torch.Tensor)
 
-    Checks each distinct type once instead of calling isinstance on millions of objects.
-    """
-    types = list(map(type, objects))
-    type_ids = ids_of(types)
-    distinct = {id(t): t for t in set(types)}
-    del types
-    tensor_type_ids = np.array(
-        [tid for tid, t in distinct.items() if isinstance(t, type) and issubclass(t, torch.Tensor)],
-        dtype=np.int64,
-    )
-    return np.flatnonzero(np.isin(type_ids, tensor_type_ids))
+
+def tensor_nodes(objects: list, types: TypeIndex | None = None) -> np.ndarray:
+    """Indices of every torch.Tensor (and subclass) among `objects`."""
+    return (types or TypeIndex(objects)).nodes(is_tensor_type)
 
 
 def hidden_edges(objects: list, nodes: np.ndarray) -> list[tuple[object, object]]:
