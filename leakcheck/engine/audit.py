@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from leakcheck.engine.heap import TypeIndex, build_graph, collector_paused, frozen_objects_visible
+from leakcheck.engine.heap import TypeIndex, build_graph, collector_paused, reveal_frozen_objects
 from leakcheck.engine.owners import Leaked, effective_owners, find_owners
 from leakcheck.engine.roots import capture_live_frames, frame_references, index_roots
 from leakcheck.engine.tensors import Baseline, StorageKey, hidden_edges, normalize_device, storage_of, tensor_nodes
@@ -45,7 +45,8 @@ def audit(
     frames = capture_live_frames(caller_frames)
     exclude = baseline.live_keys() if baseline is not None else set()
     timings: dict[str, float] = {}
-    with frozen_objects_visible() as freeze, collector_paused():
+    freeze = reveal_frozen_objects()
+    with collector_paused():
         say("reading the heap")
         objects = gc.get_objects()
         types = TypeIndex(objects)
@@ -62,7 +63,7 @@ def audit(
         timings["scan_s"] = time.perf_counter() - started
         say(f"attributing {leaked.count:,} storages over {graph.size:,} objects")
         roots = index_roots(graph, runner, frames, barriers=(frames,))
-        ownership = find_owners(graph, roots, leaked)
+        ownership = find_owners(graph, roots, leaked, frozen=freeze.frozen_mask(graph.objects))
         result = _summarize(device, leaked, storages, ownership, graph.size, graph.edges, baseline)
         del graph, roots, ownership
     result.frozen_objects = freeze.frozen_objects

@@ -74,37 +74,44 @@ def collector_paused() -> Iterator[None]:
 
 @dataclass
 class Freeze:
-    """What the scan did about `gc.freeze()`, for the report."""
+    """What the scan did about `gc.freeze()`, for the report and for telling frozen garbage."""
 
     frozen_objects: int = 0
+    unfrozen_ids: np.ndarray | None = None  # sorted addresses of objects that were not frozen
 
     @property
     def note(self) -> str | None:
         if not self.frozen_objects:
             return None
         return (
-            f"gc.freeze() had hidden {self.frozen_objects:,} objects from gc.get_objects(); leakcheck "
-            "unfroze them for the scan and froze the heap again afterwards"
+            f"gc.freeze() had hidden {self.frozen_objects:,} objects from gc.get_objects(); leakcheck unfroze "
+            "them to read them and left them unfrozen (freezing again would also freeze the runner under "
+            "audit, so none of its garbage could ever be collected); call gc.freeze() again if you rely on it"
         )
 
+    def frozen_mask(self, objects: list) -> np.ndarray | None:
+        """Which of `objects` were frozen before the scan; None when nothing was."""
+        if self.unfrozen_ids is None:
+            return None
+        return ~np.isin(ids_of(objects), self.unfrozen_ids, assume_unique=False)
 
-@contextmanager
-def frozen_objects_visible() -> Iterator[Freeze]:
-    """Make objects frozen by `gc.freeze()` visible to `gc.get_objects()` for the scan.
+
+def reveal_frozen_objects() -> Freeze:
+    """Make objects frozen by `gc.freeze()` visible to `gc.get_objects()`.
 
     vLLM freezes its start-up heap; a scan that skipped the permanent generation would miss
-    every module, class and object created before the freeze. The gc module offers no way to
-    freeze a chosen set, so the heap is frozen again as a whole afterwards: objects created
-    since the original freeze end up frozen too, which the report says.
+    every module, class and object created before the freeze. The gc module can only freeze
+    everything alive, so the freeze is not restored: restoring it would freeze the audited
+    runner too, and garbage it leaves later would never be collected (seen on a GPU host
+    whose Python froze its start-up objects). Which objects were frozen is remembered, so
+    frozen garbage can be reported as such: `gc.collect()` does not free it.
     """
     count = gc.get_freeze_count() if hasattr(gc, "get_freeze_count") else 0
-    if count:
-        gc.unfreeze()
-    try:
-        yield Freeze(count)
-    finally:
-        if count:
-            gc.freeze()
+    if not count:
+        return Freeze()
+    unfrozen = np.sort(ids_of(gc.get_objects()))
+    gc.unfreeze()
+    return Freeze(count, unfrozen)
 
 
 class TypeIndex:

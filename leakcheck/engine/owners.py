@@ -28,7 +28,7 @@ from scipy.sparse.csgraph import connected_components
 from leakcheck.engine.heap import HeapGraph, expand, ids_of
 from leakcheck.engine.paths import describe_chain, indexed_containers, join
 from leakcheck.engine.roots import Handle, RootIndex
-from leakcheck.report.model import CLOSURE, CYCLE, FREED_BY_COLLECTOR, UNATTRIBUTED, UNTRACKED
+from leakcheck.report.model import CLOSURE, CYCLE, FREED_BY_COLLECTOR, FROZEN_GARBAGE, UNATTRIBUTED, UNTRACKED
 
 EXAMPLES_PER_OWNER = 3
 
@@ -132,9 +132,13 @@ def find_owners(
     graph: HeapGraph,
     roots: RootIndex,
     leaked: Leaked,
+    frozen: np.ndarray | None = None,
     describe_limit: int = 20000,
 ) -> Ownership:
-    """Attribute every leaked storage to the handles that pin it."""
+    """Attribute every leaked storage to the handles that pin it.
+
+    frozen: per node, whether gc.freeze() had frozen it; frozen garbage is never collected.
+    """
     objects = graph.objects
     inside, stops = reverse_reach(graph, leaked.nodes, roots.stop)
     sub = _Subgraph.of(graph, inside)
@@ -191,8 +195,13 @@ def find_owners(
         for members in _garbage_cycles(sub, garbage):
             kinds = sorted({type(objects[m]).__name__ for m in members.tolist()})
             label = f"<garbage cycle of {members.size} objects: {', '.join(kinds[:4])}>"
-            handle = Handle(label, CYCLE, None, evaluable=False, detail="freed by gc.collect()",
-                            fix="gc.collect()  # or break the reference cycle")
+            if frozen is not None and frozen[members].any():
+                handle = Handle(label, FROZEN_GARBAGE, None, evaluable=False,
+                                detail="frozen by gc.freeze(): gc.collect() never frees it",
+                                fix="# break the reference cycle before gc.freeze(), or gc.unfreeze(); gc.collect()")
+            else:
+                handle = Handle(label, CYCLE, None, evaluable=False, detail="freed by gc.collect()",
+                                fix="gc.collect()  # or break the reference cycle")
             visit(handle, sub.local[members], prefix_evaluable=False)
     del unexplained
 

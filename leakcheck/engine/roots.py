@@ -10,6 +10,7 @@ the module global or class attribute is its own root.
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 import threading
@@ -181,8 +182,29 @@ def capture_live_frames(caller_frames: bool) -> list[LiveFrame]:
                 label, detail = frame_label(frame, None), "the caller's frame"
             else:
                 label, detail = frame_label(frame, thread), f"live frame of thread {thread}"
-            captured.append(LiveFrame(label, function, detail, dict(frame.f_locals)))
+            captured.append(LiveFrame(label, function, detail, read_locals(frame)))
     return captured
+
+
+def read_locals(frame: types.FrameType) -> dict:
+    """A copy of an executing frame's locals that leaves the frame as it was.
+
+    Before Python 3.13 (PEP 667), `frame.f_locals` on a function frame fills a dict cached
+    on the frame, which keeps every value alive until the frame next syncs it: a runner the
+    thread deletes after the audit would stay alive. So the cache is emptied again after
+    copying (the next `locals()` or trace call refills it from the real locals first).
+    Module and class frames are left alone: their f_locals is the namespace itself.
+    """
+    namespace = frame.f_locals
+    copy = dict(namespace)
+    if (
+        sys.version_info < (3, 13)
+        and frame.f_code.co_flags & inspect.CO_OPTIMIZED
+        and isinstance(namespace, dict)
+        and namespace is not frame.f_globals
+    ):
+        namespace.clear()
+    return copy
 
 
 def frame_references(frames: list[LiveFrame]) -> list[tuple[object, object]]:

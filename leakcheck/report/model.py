@@ -18,6 +18,7 @@ CLASS_ATTRIBUTE = "class_attribute"  # module.Class.NAME
 CLOSURE = "closure"  # a function's cell, reached from any root
 FRAME = "frame"  # a live frame of another thread (or the caller, for API use)
 CYCLE = "cycle"  # garbage only the cyclic collector frees
+FROZEN_GARBAGE = "frozen_garbage"  # a garbage cycle gc.freeze() froze: nothing frees it
 UNTRACKED = "untracked"  # held by a reference the gc cannot see (C/C++, autograd, extensions)
 UNATTRIBUTED = "unattributed"  # alive, but reachable from no root leakcheck knows
 
