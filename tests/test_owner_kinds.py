@@ -263,6 +263,7 @@ def test_slots_and_module_paths(baseline):
     runner.model = torch.nn.Sequential(torch.nn.Linear(3, 5, bias=False))
     runner.heads = torch.nn.ModuleDict({"lm": torch.nn.Linear(2, 7, bias=False)})
     runner.table = {("layer", 3): torch.zeros(1063), 7: [torch.zeros(1069)]}
+    runner.sampler = functools.partial(print, torch.zeros(1087), scale=torch.zeros(1091))
     result = run_audit(runner, baseline)
     examples = {s.example for s in result.storages}
     assert {
@@ -271,8 +272,10 @@ def test_slots_and_module_paths(baseline):
         "runner.heads['lm'].weight",
         "runner.table[('layer', 3)]",
         "runner.table[7][0]",
+        "runner.sampler.args[0]",
+        "runner.sampler.keywords['scale']",
     } <= examples
-    assert assert_paths_resolve(result, runner) >= 5
+    assert assert_paths_resolve(result, runner) >= 7
 
 
 def test_sys_last_traceback_is_a_global(baseline):
