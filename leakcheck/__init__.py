@@ -1,9 +1,9 @@
 """leakcheck: audit the GPU memory a model runner's shutdown() leaves behind.
 
-    from leakcheck import audit
-    result = audit(runner, device="cuda:0")
-    for owner in result.owners:
-        print(owner.path, owner.retained_bytes)
+from leakcheck import audit
+result = audit(runner, device="cuda:0")
+for owner in result.owners:
+    print(owner.path, owner.retained_bytes)
 """
 
 __version__ = "0.1.0"

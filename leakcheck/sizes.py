@@ -48,9 +48,7 @@ def parse_size(value: int | float | str) -> int:
     number, unit = match.groups()
     factor = _UNITS.get(unit.lower())
     if factor is None:
-        raise ValueError(
-            f"invalid size {value!r}: unknown unit {unit!r} (use B, kB, MB, GB, TB, KiB, MiB, GiB or TiB)"
-        )
+        raise ValueError(f"invalid size {value!r}: unknown unit {unit!r} (use B, kB, MB, GB, TB, KiB, MiB, GiB or TiB)")
     return int(float(number) * factor)
 
 

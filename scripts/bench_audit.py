@@ -174,10 +174,14 @@ def main() -> None:
     per_tensor = (time.perf_counter() - started) / max(len(tensors), 1)
     leaked = sum(s.tensors for s in result.storages)
 
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"Python {platform.python_version()}, torch {torch.__version__}")
-    print(f"heap: {heap:,} gc-tracked objects, {result.heap_edges:,} edges, "
-          f"{len(result.storages):,} leaked storages, {len(result.owners)} holders")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}, torch {torch.__version__}"
+    )
+    print(
+        f"heap: {heap:,} gc-tracked objects, {result.heap_edges:,} edges, "
+        f"{len(result.storages):,} leaked storages, {len(result.owners)} holders"
+    )
     print()
     print(f"{'':<34}{'seconds':>10}{'x bare':>9}{'target':>10}")
     print(f"{'bare pass (get_objects+referents)':<34}{bare:>10.2f}{1:>9.2f}")

@@ -46,12 +46,22 @@ def main() -> None:
     with open(os.path.join(out_dir, f"{name}.snapshot.pickle"), "wb") as out:
         pickle.dump(snapshot, out)
     with open(os.path.join(out_dir, f"{name}.graphs.json"), "w") as out:
-        json.dump({"graphs": graphs, "torch": torch.__version__,
-                   "device": torch.cuda.get_device_name(),
-                   "reserved": torch.cuda.memory_reserved(), "allocated": torch.cuda.memory_allocated()}, out, indent=1)
+        json.dump(
+            {
+                "graphs": graphs,
+                "torch": torch.__version__,
+                "device": torch.cuda.get_device_name(),
+                "reserved": torch.cuda.memory_reserved(),
+                "allocated": torch.cuda.memory_allocated(),
+            },
+            out,
+            indent=1,
+        )
     segments = snapshot["segments"]
-    print(f"{name}: verdict {report.verdict}, leaked {report.leaked_bytes:,} B, {len(segments)} segments, "
-          f"pools {sorted({tuple(s.get('segment_pool_id', ())) for s in segments})}, live graphs {len(graphs)}")
+    print(
+        f"{name}: verdict {report.verdict}, leaked {report.leaked_bytes:,} B, {len(segments)} segments, "
+        f"pools {sorted({tuple(s.get('segment_pool_id', ())) for s in segments})}, live graphs {len(graphs)}"
+    )
 
 
 if __name__ == "__main__":

@@ -59,7 +59,9 @@ def test_seed_example_names_every_leaking_holder_and_fails(tmp_path):
 def test_seed_example_shared_model_is_retained_by_no_single_wrapper(tmp_path):
     _, report, _ = run_json(tmp_path, SEED)
     model = next(g for g in report["shared"] if set(g["owners"]) == set(WRAPPERS))
-    weights = sum(s["nbytes"] for s in report["storages"] if ".model.layers[" in s["example"] or "embed_tokens" in s["example"])
+    weights = sum(
+        s["nbytes"] for s in report["storages"] if ".model.layers[" in s["example"] or "embed_tokens" in s["example"]
+    )
     assert model["bytes"] >= 0.9 * weights
     paths = {o["path"]: o for o in report["owners"]}
     assert paths["runner.pooling_runner"]["retained_bytes"] == 0
@@ -89,8 +91,14 @@ def test_json_contract(tmp_path):
     phases = [m["phase"] for m in report["memory"]]
     assert phases == ["baseline", "loaded", "warmed", "shutdown", "collected"]
     for sample in report["memory"]:
-        assert set(sample) == {"phase", "nvml_process_bytes", "nvml_device_bytes", "torch_allocated_bytes",
-                               "torch_reserved_bytes", "rss_bytes"}
+        assert set(sample) == {
+            "phase",
+            "nvml_process_bytes",
+            "nvml_device_bytes",
+            "torch_allocated_bytes",
+            "torch_reserved_bytes",
+            "rss_bytes",
+        }
         assert sample["nvml_process_bytes"] is None and sample["rss_bytes"] > 0
     assert report["timings"]["audit_s"] > 0
     assert any("NVML" in note for note in report["notes"])
@@ -115,7 +123,9 @@ def test_cli_limit_overrides_the_gate(tmp_path):
 
 def test_allowed_owners_are_reported_but_not_counted(tmp_path):
     config = tmp_path / "allow.yaml"
-    config.write_text(SEED.read_text().replace("max_leaked_bytes: 0", 'max_leaked_bytes: 0\n  allow: ["runner.*", "*._ROPE_DICT"]'))
+    config.write_text(
+        SEED.read_text().replace("max_leaked_bytes: 0", 'max_leaked_bytes: 0\n  allow: ["runner.*", "*._ROPE_DICT"]')
+    )
     code, report, _ = run_json(tmp_path, config)
     assert code == 0
     assert report["leaked_bytes"] == 0 and report["allowed_bytes"] == report["held_bytes"] > 0
@@ -124,7 +134,9 @@ def test_allowed_owners_are_reported_but_not_counted(tmp_path):
 
 def test_allowing_one_of_several_holders_frees_nothing_shared(tmp_path):
     config = tmp_path / "allow.yaml"
-    config.write_text(SEED.read_text().replace("max_leaked_bytes: 0", 'max_leaked_bytes: 0\n  allow: ["runner.speculator"]'))
+    config.write_text(
+        SEED.read_text().replace("max_leaked_bytes: 0", 'max_leaked_bytes: 0\n  allow: ["runner.speculator"]')
+    )
     code, report, _ = run_json(tmp_path, config)
     speculator = next(o for o in report["owners"] if o["path"] == "runner.speculator")
     assert code == 1
@@ -132,7 +144,7 @@ def test_allowing_one_of_several_holders_frees_nothing_shared(tmp_path):
     assert report["leaked_bytes"] == report["held_bytes"] - speculator["retained_bytes"]
 
 
-FAILING_RUNNERS = '''
+FAILING_RUNNERS = """
 import torch
 
 class Runner:
@@ -152,21 +164,25 @@ def build(fail_in):
         half_built = torch.zeros(2048)
         raise OSError("weights file is truncated")
     return Runner(fail_in)
-'''
+"""
 
 
-@pytest.mark.parametrize("phase,error_type", [("load", "OSError"), ("warmup", "RuntimeError"), ("shutdown", "ValueError")])
+@pytest.mark.parametrize(
+    "phase,error_type", [("load", "OSError"), ("warmup", "RuntimeError"), ("shutdown", "ValueError")]
+)
 def test_runner_errors_exit_3_with_the_report(tmp_path, phase, error_type):
     (tmp_path / "failing.py").write_text(FAILING_RUNNERS)
     config = tmp_path / "failing.yaml"
-    config.write_text(textwrap.dedent(f"""\
+    config.write_text(
+        textwrap.dedent(f"""\
         device: cpu
         runner:
           factory: failing:build
           args: {{fail_in: {phase}}}
         warmup:
           - call: execute_model
-        """))
+        """)
+    )
     code, report, output = run_json(tmp_path, config)
     assert code == 3, output
     assert report["verdict"] == "error"
@@ -196,7 +212,9 @@ def test_console_script_runs_the_shipped_example(tmp_path):
     out = tmp_path / "r.json"
     done = subprocess.run(
         [sys.executable, "-m", "leakcheck", "run", str(SEED), "--device", "cpu", "--json", str(out)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 1, done.stderr
     assert "runner.model_state" in done.stdout

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from leakcheck.cli import app
 from leakcheck.config import ConfigError, load_config
 
-RUNNER_MODULE = '''
+RUNNER_MODULE = """
 import torch
 
 class Runner:
@@ -24,7 +24,7 @@ class Runner:
 
 def build(size=16):
     return Runner(size)
-'''
+"""
 
 GOOD = """\
 name: good
@@ -61,40 +61,100 @@ def one_line_error(result) -> str:
 
 
 CASES = [
-    ("unknown top-level key", GOOD.replace("name: good", "name: good\ndevcie: cpu"), 2,
-     "unknown key 'devcie' in the top level (allowed: name, device, runner, warmup, gate)"),
-    ("unknown nested key", GOOD.replace("  max_leaked_bytes: 0", "  max_leaked: 0"), 10,
-     "unknown key 'max_leaked' in gate (allowed: max_leaked_bytes, allow)"),
-    ("bad size", GOOD.replace("max_leaked_bytes: 0", "max_leaked_bytes: 12 parsecs"), 10,
-     "gate.max_leaked_bytes: invalid size '12 parsecs': unknown unit 'parsecs'"),
-    ("negative size", GOOD.replace("max_leaked_bytes: 0", "max_leaked_bytes: -5"), 10,
-     "gate.max_leaked_bytes: size must not be negative"),
-    ("wrong type for args", GOOD.replace("args: {size: 8}", "args: [8]"), 5,
-     "runner.args: Input should be a valid dictionary"),
-    ("wrong type for repeat", GOOD.replace("args: {steps: 2}", "args: {steps: 2}\n    repeat: twice"), 9,
-     "warmup[0].repeat: Input should be a valid integer"),
-    ("allow is not a list", GOOD.replace("max_leaked_bytes: 0", "max_leaked_bytes: 0\n  allow: 7"), 11,
-     "gate.allow: Input should be a valid list"),
-    ("bad device", GOOD.replace("device: cpu", "device: tpu"), 2,
-     "device: expected auto, cpu, cuda or cuda:N, got 'tpu'"),
-    ("factory without colon", GOOD.replace("toyrunner:build", "toyrunner.build"), 4,
-     "runner.factory: expected 'module:callable'"),
+    (
+        "unknown top-level key",
+        GOOD.replace("name: good", "name: good\ndevcie: cpu"),
+        2,
+        "unknown key 'devcie' in the top level (allowed: name, device, runner, warmup, gate)",
+    ),
+    (
+        "unknown nested key",
+        GOOD.replace("  max_leaked_bytes: 0", "  max_leaked: 0"),
+        10,
+        "unknown key 'max_leaked' in gate (allowed: max_leaked_bytes, allow)",
+    ),
+    (
+        "bad size",
+        GOOD.replace("max_leaked_bytes: 0", "max_leaked_bytes: 12 parsecs"),
+        10,
+        "gate.max_leaked_bytes: invalid size '12 parsecs': unknown unit 'parsecs'",
+    ),
+    (
+        "negative size",
+        GOOD.replace("max_leaked_bytes: 0", "max_leaked_bytes: -5"),
+        10,
+        "gate.max_leaked_bytes: size must not be negative",
+    ),
+    (
+        "wrong type for args",
+        GOOD.replace("args: {size: 8}", "args: [8]"),
+        5,
+        "runner.args: Input should be a valid dictionary",
+    ),
+    (
+        "wrong type for repeat",
+        GOOD.replace("args: {steps: 2}", "args: {steps: 2}\n    repeat: twice"),
+        9,
+        "warmup[0].repeat: Input should be a valid integer",
+    ),
+    (
+        "allow is not a list",
+        GOOD.replace("max_leaked_bytes: 0", "max_leaked_bytes: 0\n  allow: 7"),
+        11,
+        "gate.allow: Input should be a valid list",
+    ),
+    (
+        "bad device",
+        GOOD.replace("device: cpu", "device: tpu"),
+        2,
+        "device: expected auto, cpu, cuda or cuda:N, got 'tpu'",
+    ),
+    (
+        "factory without colon",
+        GOOD.replace("toyrunner:build", "toyrunner.build"),
+        4,
+        "runner.factory: expected 'module:callable'",
+    ),
     ("missing runner", "name: x\ndevice: cpu\n", 1, "missing required key 'runner'"),
     ("missing factory", "runner:\n  args: {}\n", 1, "missing required key 'runner.factory'"),
     ("not a mapping", "- a\n- b\n", 1, "expected a mapping with at least a 'runner' key"),
     ("invalid yaml", "runner:\n  factory: [unclosed\n", 3, "invalid YAML"),
-    ("module not found", GOOD.replace("toyrunner:build", "no_such_runner_mod:build"), 4,
-     "runner.factory: no module named 'no_such_runner_mod'"),
-    ("callable not found", GOOD.replace("toyrunner:build", "toyrunner:biuld"), 4,
-     "runner.factory: toyrunner has no attribute 'biuld' (did you mean 'build'?)"),
-    ("factory args do not bind", GOOD.replace("args: {size: 8}", "args: {sise: 8}"), 5,
-     "runner.args: toyrunner:build(size=16) cannot take these arguments: got an unexpected keyword argument 'sise'"),
-    ("warm-up method missing", GOOD.replace("call: execute_model", "call: execute_modle"), 7,
-     "warmup[0].call: Runner has no method 'execute_modle' (did you mean 'execute_model'?)"),
-    ("warm-up args do not bind", GOOD.replace("args: {steps: 2}", "args: {stepz: 2}"), 8,
-     "warmup[0].args: execute_model"),
-    ("shutdown method missing", GOOD.replace("  args: {size: 8}", "  args: {size: 8}\n  shutdown: close"), 6,
-     "runner.shutdown: Runner has no method 'close'"),
+    (
+        "module not found",
+        GOOD.replace("toyrunner:build", "no_such_runner_mod:build"),
+        4,
+        "runner.factory: no module named 'no_such_runner_mod'",
+    ),
+    (
+        "callable not found",
+        GOOD.replace("toyrunner:build", "toyrunner:biuld"),
+        4,
+        "runner.factory: toyrunner has no attribute 'biuld' (did you mean 'build'?)",
+    ),
+    (
+        "factory args do not bind",
+        GOOD.replace("args: {size: 8}", "args: {sise: 8}"),
+        5,
+        "runner.args: toyrunner:build(size=16) cannot take these arguments: got an unexpected keyword argument 'sise'",
+    ),
+    (
+        "warm-up method missing",
+        GOOD.replace("call: execute_model", "call: execute_modle"),
+        7,
+        "warmup[0].call: Runner has no method 'execute_modle' (did you mean 'execute_model'?)",
+    ),
+    (
+        "warm-up args do not bind",
+        GOOD.replace("args: {steps: 2}", "args: {stepz: 2}"),
+        8,
+        "warmup[0].args: execute_model",
+    ),
+    (
+        "shutdown method missing",
+        GOOD.replace("  args: {size: 8}", "  args: {size: 8}\n  shutdown: close"),
+        6,
+        "runner.shutdown: Runner has no method 'close'",
+    ),
 ]
 
 

@@ -95,11 +95,20 @@ def _leaked_storages(
         slot = index.get(key)
         if slot is None:
             slot = index[key] = len(info)
-            info.append({"address": key[1], "nbytes": nbytes, "dtype": str(tensor.dtype).replace("torch.", ""),
-                         "shape": list(tensor.shape), "numel": tensor.numel(), "tensors": 0})
+            info.append(
+                {
+                    "address": key[1],
+                    "nbytes": nbytes,
+                    "dtype": str(tensor.dtype).replace("torch.", ""),
+                    "shape": list(tensor.shape),
+                    "numel": tensor.numel(),
+                    "tensors": 0,
+                }
+            )
         elif tensor.numel() > info[slot]["numel"]:
-            info[slot].update(dtype=str(tensor.dtype).replace("torch.", ""), shape=list(tensor.shape),
-                              numel=tensor.numel())
+            info[slot].update(
+                dtype=str(tensor.dtype).replace("torch.", ""), shape=list(tensor.shape), numel=tensor.numel()
+            )
         info[slot]["tensors"] += 1
         kept_nodes.append(node)
         kept_storage.append(slot)
@@ -143,7 +152,9 @@ def _summarize(device, leaked, storages, ownership, heap_objects, heap_edges, ba
         )
         for i, h in enumerate(holders)
     ]
-    order = sorted(range(len(owners)), key=lambda i: (-owners[i].reachable_bytes, -owners[i].retained_bytes, owners[i].path))
+    order = sorted(
+        range(len(owners)), key=lambda i: (-owners[i].reachable_bytes, -owners[i].retained_bytes, owners[i].path)
+    )
     owners = [owners[i] for i in order]
 
     storage_reports = []
@@ -156,14 +167,24 @@ def _summarize(device, leaked, storages, ownership, heap_objects, heap_edges, ba
         else:
             held += nbytes[s]
         example = ownership.example[s]
-        storage_reports.append(Storage(
-            device=device, address=meta["address"], nbytes=nbytes[s], dtype=meta["dtype"], shape=meta["shape"],
-            example=example[0] if example else "", owners=[holders[o].handle.path for o in live],
-            tensors=meta["tensors"], collectable=collectable,
-        ))
+        storage_reports.append(
+            Storage(
+                device=device,
+                address=meta["address"],
+                nbytes=nbytes[s],
+                dtype=meta["dtype"],
+                shape=meta["shape"],
+                example=example[0] if example else "",
+                owners=[holders[o].handle.path for o in live],
+                tensors=meta["tensors"],
+                collectable=collectable,
+            )
+        )
     storage_reports.sort(key=lambda s: -s.nbytes)
     groups = [
-        SharedHold(owners=[holders[o].handle.path for o in key], bytes=sum(nbytes[s] for s in members), storages=len(members))
+        SharedHold(
+            owners=[holders[o].handle.path for o in key], bytes=sum(nbytes[s] for s in members), storages=len(members)
+        )
         for key, members in shared.items()
     ]
     groups.sort(key=lambda g: -g.bytes)

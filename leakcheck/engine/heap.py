@@ -305,4 +305,3 @@ def _add_edges(
     order = np.argsort(all_src, kind="stable")
     new_counts = np.bincount(all_src, minlength=n)
     return all_dst[order].astype(indices.dtype), new_counts
-

@@ -196,12 +196,23 @@ def find_owners(
             kinds = sorted({type(objects[m]).__name__ for m in members.tolist()})
             label = f"<garbage cycle of {members.size} objects: {', '.join(kinds[:4])}>"
             if frozen is not None and frozen[members].any():
-                handle = Handle(label, FROZEN_GARBAGE, None, evaluable=False,
-                                detail="frozen by gc.freeze(): gc.collect() never frees it",
-                                fix="# break the reference cycle before gc.freeze(), or gc.unfreeze(); gc.collect()")
+                handle = Handle(
+                    label,
+                    FROZEN_GARBAGE,
+                    None,
+                    evaluable=False,
+                    detail="frozen by gc.freeze(): gc.collect() never frees it",
+                    fix="# break the reference cycle before gc.freeze(), or gc.unfreeze(); gc.collect()",
+                )
             else:
-                handle = Handle(label, CYCLE, None, evaluable=False, detail="freed by gc.collect()",
-                                fix="gc.collect()  # or break the reference cycle")
+                handle = Handle(
+                    label,
+                    CYCLE,
+                    None,
+                    evaluable=False,
+                    detail="freed by gc.collect()",
+                    fix="gc.collect()  # or break the reference cycle",
+                )
             visit(handle, sub.local[members], prefix_evaluable=False)
     del unexplained
 
@@ -210,8 +221,14 @@ def find_owners(
     for holder in holders:
         if any(note.startswith("closure variable") for note in holder.notes) and holder.handle.kind != CYCLE:
             if all(".__closure__[" in path for _, path, _ in holder.examples):
-                holder.handle = Handle(holder.handle.path, CLOSURE, holder.handle.target,
-                                       holder.handle.evaluable, "; ".join(holder.notes), holder.handle.fix)
+                holder.handle = Handle(
+                    holder.handle.path,
+                    CLOSURE,
+                    holder.handle.target,
+                    holder.handle.evaluable,
+                    "; ".join(holder.notes),
+                    holder.handle.fix,
+                )
     return Ownership(holders=holders, owner_sets=owner_sets, example=example)
 
 
@@ -223,8 +240,9 @@ def unexplained_references(graph: HeapGraph, nodes: np.ndarray) -> np.ndarray:
     should be an edge of the graph.
     """
     objects = graph.objects
-    refcounts = np.fromiter((sys.getrefcount(objects[node]) for node in nodes.tolist()), dtype=np.int64,
-                            count=nodes.shape[0])
+    refcounts = np.fromiter(
+        (sys.getrefcount(objects[node]) for node in nodes.tolist()), dtype=np.int64, count=nodes.shape[0]
+    )
     return refcounts - 2 - graph.in_degree(nodes)
 
 
@@ -279,11 +297,20 @@ def _untracked(
         tensor = graph.objects[nodes[0]]
         label = f"<untracked reference to {_tensor_label(tensor)}>"
         path = example[storage][0] if example[storage] else label
-        handle = Handle(label, UNTRACKED, None, evaluable=False,
-                        detail="held from C/C++ (autograd graph, compiled graph or extension) or a non-gc object",
-                        fix="# find the C/C++ holder: autograd graph, torch.compile cache, extension object")
-        holder = Holder(handle=handle, storages=np.array([storage]), tensors=len(nodes),
-                        examples=[(storage, path, bool(example[storage] and example[storage][1]))])
+        handle = Handle(
+            label,
+            UNTRACKED,
+            None,
+            evaluable=False,
+            detail="held from C/C++ (autograd graph, compiled graph or extension) or a non-gc object",
+            fix="# find the C/C++ holder: autograd graph, torch.compile cache, extension object",
+        )
+        holder = Holder(
+            handle=handle,
+            storages=np.array([storage]),
+            tensors=len(nodes),
+            examples=[(storage, path, bool(example[storage] and example[storage][1]))],
+        )
         owner_sets[storage].append(len(holders))
         holders.append(holder)
 
@@ -297,14 +324,22 @@ def _unattributed(
     first = {}
     for position, storage in enumerate(leaked.storage.tolist()):
         first.setdefault(storage, position)
-    handle = Handle("<unattributed>", UNATTRIBUTED, None, evaluable=False,
-                    detail="alive, but reachable from no root leakcheck knows (leakcheck's own frames?)")
+    handle = Handle(
+        "<unattributed>",
+        UNATTRIBUTED,
+        None,
+        evaluable=False,
+        detail="alive, but reachable from no root leakcheck knows (leakcheck's own frames?)",
+    )
     examples = []
     for storage in orphan[:EXAMPLES_PER_OWNER]:
         examples.append((storage, f"<{_tensor_label(graph.objects[int(leaked.nodes[first[storage]])])}>", False))
     for storage in orphan:
         owner_sets[storage].append(len(holders))
-        example[storage] = example[storage] or (f"<{_tensor_label(graph.objects[int(leaked.nodes[first[storage]])])}>", False)
+        example[storage] = example[storage] or (
+            f"<{_tensor_label(graph.objects[int(leaked.nodes[first[storage]])])}>",
+            False,
+        )
     holders.append(Holder(handle=handle, storages=np.array(orphan), tensors=len(orphan), examples=examples))
 
 

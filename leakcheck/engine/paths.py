@@ -173,7 +173,9 @@ def _describe_hop(chain: Sequence[object], i: int) -> tuple[list[Step], int]:
         if holder.tb_next is held:
             return [Step(".tb_next")], 1
     if isinstance(holder, (types.GeneratorType, types.CoroutineType, types.AsyncGeneratorType)):
-        frame = getattr(holder, "gi_frame", None) or getattr(holder, "cr_frame", None) or getattr(holder, "ag_frame", None)
+        frame = (
+            getattr(holder, "gi_frame", None) or getattr(holder, "cr_frame", None) or getattr(holder, "ag_frame", None)
+        )
         attr = "gi_frame" if hasattr(holder, "gi_frame") else "cr_frame" if hasattr(holder, "cr_frame") else "ag_frame"
         if frame is held:
             return [Step(f".{attr}")], 1

@@ -26,7 +26,6 @@ import leakcheck
 from leakcheck.engine.heap import HeapGraph, TypeIndex, ids_of
 from leakcheck.engine.paths import (
     _MODULE_CONTAINERS,
-    Step,
     attribute_step,
     key_step,
     module_entry_step,
@@ -258,7 +257,6 @@ def index_roots(
     def nodes_of(predicate) -> list:
         return [objects[i] for i in type_index.nodes(predicate).tolist()]
 
-
     if runner is not None:
         runner_container = RootContainer(ATTRIBUTE, "runner", runner)
         mark(runner, runner_container)
@@ -301,7 +299,7 @@ def index_roots(
             mark(frame)
 
     nodes = graph.lookup(ids_of(marked))
-    del marked
+    marked.clear()
     stop = np.zeros(graph.size, dtype=np.bool_)
     stop[nodes[nodes >= 0]] = True
     index = RootIndex(graph=graph, stop=stop)

@@ -28,7 +28,9 @@ class RotaryEmbedding(nn.Module):
         super().__init__()
         inv_freq = 1.0 / (10000 ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim))
         angles = torch.outer(torch.arange(max_positions, device=device, dtype=torch.float32), inv_freq)
-        self.register_buffer("cos_sin_cache", torch.cat([angles.cos(), angles.sin()], dim=-1).to(dtype), persistent=False)
+        self.register_buffer(
+            "cos_sin_cache", torch.cat([angles.cos(), angles.sin()], dim=-1).to(dtype), persistent=False
+        )
 
     def forward(self, positions: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         cos, sin = self.cos_sin_cache[positions].chunk(2, dim=-1)
@@ -179,8 +181,17 @@ class CudaGraphManager:
 
 
 class GPUModelRunner:
-    def __init__(self, variant: str, device: torch.device, dtype: torch.dtype, vocab: int, hidden: int, layers: int,
-                 heads: int, kv_blocks: int):
+    def __init__(
+        self,
+        variant: str,
+        device: torch.device,
+        dtype: torch.dtype,
+        vocab: int,
+        hidden: int,
+        layers: int,
+        heads: int,
+        kv_blocks: int,
+    ):
         if variant not in ("seed", "fixed"):
             raise ValueError(f"variant must be 'seed' or 'fixed', got {variant!r}")
         self.variant = variant
@@ -195,10 +206,12 @@ class GPUModelRunner:
         self.speculator = EagleSpeculator(self.vllm_config, self.device, self.dtype, self.hidden, self.vocab)
         self.speculator.load_model(self.model)
         self.pooling_runner = PoolingRunner(self.model)
-        self.intermediate_tensors = IntermediateTensors({
-            "hidden_states": torch.zeros(128, self.hidden, device=self.device, dtype=self.dtype),
-            "residual": torch.zeros(128, self.hidden, device=self.device, dtype=self.dtype),
-        })
+        self.intermediate_tensors = IntermediateTensors(
+            {
+                "hidden_states": torch.zeros(128, self.hidden, device=self.device, dtype=self.dtype),
+                "residual": torch.zeros(128, self.hidden, device=self.device, dtype=self.dtype),
+            }
+        )
         self.encoder_cache = EncoderCache()
         context = self.vllm_config.compilation_config.static_forward_context
         for index, layer in enumerate(self.model.layers):
@@ -249,8 +262,17 @@ class GPUModelRunner:
     def _shutdown_fixed(self) -> None:
         """Drop the wrappers and buffers first, so that deleting the model drops the last reference."""
         _synchronize(self.device)
-        for name in ("kv_caches", "attn_groups", "kv_cache_config", "model_state", "cudagraph_manager", "speculator",
-                     "intermediate_tensors", "encoder_cache", "pooling_runner"):
+        for name in (
+            "kv_caches",
+            "attn_groups",
+            "kv_cache_config",
+            "model_state",
+            "cudagraph_manager",
+            "speculator",
+            "intermediate_tensors",
+            "encoder_cache",
+            "pooling_runner",
+        ):
             if hasattr(self, name):
                 delattr(self, name)
         free_before_shutdown(self.vllm_config)
@@ -271,11 +293,20 @@ def _empty_cache(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def build(variant: str = "seed", device: str = "cpu", dtype: str = "float32", vocab: int = 8192, hidden: int = 256,
-          layers: int = 4, heads: int = 4, kv_blocks: int = 64) -> GPUModelRunner:
+def build(
+    variant: str = "seed",
+    device: str = "cpu",
+    dtype: str = "float32",
+    vocab: int = 8192,
+    hidden: int = 256,
+    layers: int = 4,
+    heads: int = 4,
+    kv_blocks: int = 64,
+) -> GPUModelRunner:
     """Load, allocate the KV cache and capture graphs, as a vLLM worker does before serving."""
-    runner = GPUModelRunner(variant, torch.device(device), getattr(torch, dtype), vocab, hidden, layers, heads,
-                            kv_blocks)
+    runner = GPUModelRunner(
+        variant, torch.device(device), getattr(torch, dtype), vocab, hidden, layers, heads, kv_blocks
+    )
     runner.load_model()
     runner.initialize_kv_cache()
     runner.capture_model()

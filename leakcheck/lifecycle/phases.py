@@ -113,8 +113,13 @@ def _check_methods(config: Config, runner: object) -> None:
                 f"{config.where(*loc)}: {key}: {type(runner).__name__} has no method {name!r}{suggestion}"
             )
     for index, call in enumerate(config.warmup):
-        _check_arguments(getattr(runner, call.call), call.args, config.where("warmup", index, "args"),
-                         f"warmup[{index}].args", call.call)
+        _check_arguments(
+            getattr(runner, call.call),
+            call.args,
+            config.where("warmup", index, "args"),
+            f"warmup[{index}].args",
+            call.call,
+        )
 
 
 def _check_arguments(function: Callable[..., Any], kwargs: dict[str, Any], where: str, key: str, name: str) -> None:

@@ -114,8 +114,14 @@ def _owners_table(report: Report) -> Table:
         if owner.detail:
             cell.append(f"\n  {owner.detail}", style="italic dim")
         style = "dim" if owner.allowed or owner.kind in FREED_BY_COLLECTOR else None
-        table.add_row(cell, owner.kind, format_bytes(owner.reachable_bytes), format_bytes(owner.retained_bytes),
-                      str(owner.tensors), style=style)
+        table.add_row(
+            cell,
+            owner.kind,
+            format_bytes(owner.reachable_bytes),
+            format_bytes(owner.retained_bytes),
+            str(owner.tensors),
+            style=style,
+        )
     if len(report.owners) > MAX_OWNERS:
         table.caption = f"{len(report.owners) - MAX_OWNERS} more holder(s) in the JSON report"
     return table
@@ -125,11 +131,13 @@ def _release(report: Report) -> Panel:
     parts: list[Text] = []
     for group in report.shared[:10]:
         names = ", ".join(group.owners)
-        parts.append(Text.assemble(
-            (format_bytes(group.bytes), "bold"),
-            f" in {group.storages} storage(s) is held by {len(group.owners)} holders together; "
-            f"each alone retains none of it, and all must go before a byte is freed:\n    {names}",
-        ))
+        parts.append(
+            Text.assemble(
+                (format_bytes(group.bytes), "bold"),
+                f" in {group.storages} storage(s) is held by {len(group.owners)} holders together; "
+                f"each alone retains none of it, and all must go before a byte is freed:\n    {names}",
+            )
+        )
     if report.release:
         code = "\n".join(f"    {line}" for line in report.release)
         parts.append(Text.assemble(("Suggested lines for shutdown():\n", "bold"), (code, "cyan")))
