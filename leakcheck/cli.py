@@ -53,7 +53,13 @@ def run(
     max_leaked: Optional[str] = typer.Option(
         None, "--max-leaked-bytes", metavar="SIZE", help='Override gate.max_leaked_bytes ("0", "64 MiB").'
     ),
+    max_growth: Optional[str] = typer.Option(
+        None, "--max-nvml-growth-bytes", metavar="SIZE", help="Override gate.max_nvml_growth_bytes (per later cycle)."
+    ),
     device: Optional[str] = typer.Option(None, "--device", help="Override the config's device (auto, cpu, cuda:N)."),
+    cycles: Optional[int] = typer.Option(
+        None, "--cycles", min=1, help="Load, warm up and shut down this many times in one process."
+    ),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show tracebacks."),
 ) -> None:
     """Load the runner, warm it up, call shutdown(), and report what still holds device memory."""
@@ -70,6 +76,10 @@ def run(
         limit = parse_size(max_leaked) if max_leaked is not None else None
     except ValueError as exc:
         raise _fail(f"--max-leaked-bytes: {exc}") from None
+    try:
+        growth_limit = parse_size(max_growth) if max_growth is not None else None
+    except ValueError as exc:
+        raise _fail(f"--max-nvml-growth-bytes: {exc}") from None
     if json_path is not None and not json_path.parent.is_dir():
         raise _fail(f"--json: folder {json_path.parent} does not exist")
     try:
@@ -77,6 +87,8 @@ def run(
         if device is not None:
             config = config.model_copy(update={"device": device})
             type(config)._device_form(device)
+        if cycles is not None:
+            config = config.model_copy(update={"cycles": cycles})
         with status_console.status("starting", spinner="dots") as status:
             lifecycle = run_lifecycle(config, progress=lambda message: status.update(message))
     except ConfigError as exc:
@@ -88,7 +100,7 @@ def run(
             raise
         raise _fail(f"{type(exc).__name__}: {exc} (run with --verbose for the traceback)") from None
 
-    report = build_report(config, lifecycle, limit)
+    report = build_report(config, lifecycle, limit, growth_limit)
     render(report, out, verbose=verbose)
     if json_path is not None:
         try:

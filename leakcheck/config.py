@@ -48,12 +48,13 @@ class WarmupCall(_Strict):
 
 class Gate(_Strict):
     max_leaked_bytes: int = 0
+    max_nvml_growth_bytes: int | None = None  # NVML growth since baseline; per later cycle with cycles > 1
     allow: list[str] = Field(default_factory=list)
 
-    @field_validator("max_leaked_bytes", mode="before")
+    @field_validator("max_leaked_bytes", "max_nvml_growth_bytes", mode="before")
     @classmethod
-    def _size(cls, value: Any) -> int:
-        return parse_size(value)
+    def _size(cls, value: Any) -> int | None:
+        return None if value is None else parse_size(value)
 
 
 class Config(_Strict):
@@ -61,6 +62,8 @@ class Config(_Strict):
     device: str = "auto"
     runner: RunnerSpec
     warmup: list[WarmupCall] = Field(default_factory=list)
+    cycles: int = Field(default=1, ge=1)  # load, warm-up and shutdown this many times in one process
+    history: bool = True  # on CUDA, record where each block was allocated (from baseline on)
     gate: Gate = Field(default_factory=Gate)
     # Set by the loader, not by the user: where relative imports and error messages point.
     path: Path | None = Field(default=None, exclude=True)

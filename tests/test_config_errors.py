@@ -65,13 +65,13 @@ CASES = [
         "unknown top-level key",
         GOOD.replace("name: good", "name: good\ndevcie: cpu"),
         2,
-        "unknown key 'devcie' in the top level (allowed: name, device, runner, warmup, gate)",
+        "unknown key 'devcie' in the top level (allowed: name, device, runner, warmup, cycles, history, gate)",
     ),
     (
         "unknown nested key",
         GOOD.replace("  max_leaked_bytes: 0", "  max_leaked: 0"),
         10,
-        "unknown key 'max_leaked' in gate (allowed: max_leaked_bytes, allow)",
+        "unknown key 'max_leaked' in gate (allowed: max_leaked_bytes, max_nvml_growth_bytes, allow)",
     ),
     (
         "bad size",

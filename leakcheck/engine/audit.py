@@ -9,14 +9,25 @@ from __future__ import annotations
 import gc
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
+from leakcheck.engine.allocator import AllocatorState, site_label
 from leakcheck.engine.heap import TypeIndex, build_graph, collector_paused, reveal_frozen_objects
 from leakcheck.engine.owners import Leaked, effective_owners, find_owners
 from leakcheck.engine.roots import capture_live_frames, frame_references, index_roots
-from leakcheck.engine.tensors import Baseline, StorageKey, hidden_edges, normalize_device, storage_of, tensor_nodes
-from leakcheck.report.model import FREED_BY_COLLECTOR, Audit, Owner, SharedHold, Storage
+from leakcheck.engine.tensors import (
+    Baseline,
+    StorageKey,
+    hidden_edges,
+    is_pinned_tensor,
+    normalize_device,
+    storage_of,
+    tensor_nodes,
+)
+from leakcheck.report.model import FREED_BY_COLLECTOR, Audit, Owner, SharedHold, Site, Storage
 
 Progress = Callable[[str], None]
 
@@ -27,20 +38,29 @@ def audit(
     baseline: Baseline | None = None,
     *,
     caller_frames: bool = True,
+    allocator: AllocatorState | None = None,
+    pool_types: tuple[type, ...] | None = None,
     progress: Progress | None = None,
 ) -> Audit:
-    """Find every storage alive on `device` and attribute it to the holders that pin it.
+    """Find every storage and memory pool alive on `device` and attribute it to its holders.
 
     runner: the object whose attributes are reported as `runner.NAME` (may be None).
     baseline: from `take_baseline()` before the runner existed; its storages are not counted.
     caller_frames: report the frames of the calling thread below this call as `frame`
         owners (API use); the CLI passes False, since those frames are leakcheck's own.
+    allocator: the CUDA allocator's state; read from the device when auditing CUDA. It
+        gives each pool's reserved bytes and, with history on, where each block came from.
+    pool_types: classes whose instances own a private memory pool (default: CUDA graphs
+        and MemPools); their `pool()` or `id` names the pool.
 
     Storages held only by reference cycles are reported as `cycle` owners, which
     `gc.collect()` frees; the audit finds them without collecting.
     """
     say = progress or (lambda _message: None)
     device = normalize_device(device)
+    on_cuda = device.startswith("cuda")
+    if pool_types is None:
+        pool_types = cuda_pool_types() if on_cuda else ()
     started = time.perf_counter()
     frames = capture_live_frames(caller_frames)
     exclude = baseline.live_keys() if baseline is not None else set()
@@ -55,80 +75,165 @@ def audit(
         extra_edges = hidden_edges(objects, nodes)
         types.extend(objects[known:])
         nodes = np.concatenate([nodes, np.arange(known, len(objects))])
-        leaked, storages = _leaked_storages(objects, nodes, device, exclude)
+        found = _find_storages(objects, nodes, device, exclude, pinned=on_cuda)
+        if pool_types:
+            _find_pools(objects, types.nodes(lambda t: issubclass(t, pool_types)), exclude, found)
         del nodes
         graph = build_graph(objects, extra_edges + frame_references(frames), types)
         del extra_edges  # its pairs hold references the refcount check must not see
         del objects
         timings["scan_s"] = time.perf_counter() - started
+        if allocator is None and on_cuda:
+            allocator = AllocatorState.capture(device)
+        leaked = found.weigh(allocator)
         say(f"attributing {leaked.count:,} storages over {graph.size:,} objects")
         roots = index_roots(graph, runner, frames, barriers=(frames,))
         ownership = find_owners(graph, roots, leaked, frozen=freeze.frozen_mask(graph.objects))
-        result = _summarize(device, leaked, storages, ownership, graph.size, graph.edges, baseline)
+        result = _summarize(device, leaked, found.info, ownership, graph.size, graph.edges, baseline)
         del graph, roots, ownership
     result.frozen_objects = freeze.frozen_objects
     if freeze.note:
         result.notes.append(freeze.note)
+    if allocator is not None and not allocator.history and result.storages:
+        result.notes.append(
+            "allocation history was off: no allocation sites (leakcheck run records them from baseline on)"
+        )
     timings["audit_s"] = time.perf_counter() - started
     timings["owners_s"] = timings["audit_s"] - timings["scan_s"]
     result.timings = timings
     return result
 
 
-def _leaked_storages(
-    objects: list, nodes: np.ndarray, device: str, exclude: set[StorageKey]
-) -> tuple[Leaked, list[dict]]:
-    """Tensor nodes on `device` whose storage was not alive at baseline, numbered by storage."""
-    index: dict[StorageKey, int] = {}
-    info: list[dict] = []
-    kept_nodes: list[int] = []
-    kept_storage: list[int] = []
+def cuda_pool_types() -> tuple[type, ...]:
+    """Classes whose objects own a private pool of the CUDA caching allocator."""
+    candidates = (getattr(torch._C, "_CUDAGraph", None), getattr(torch._C, "_MemPool", None))
+    return tuple(t for t in candidates if isinstance(t, type))
+
+
+def pool_id(holder: object) -> tuple[int, int] | None:
+    """The private pool a CUDA graph or MemPool owns, as the allocator names it."""
+    try:
+        pool = holder.pool() if callable(getattr(holder, "pool", None)) else getattr(holder, "id", None)
+        return (int(pool[0]), int(pool[1])) if pool is not None else None
+    except Exception:  # a graph not captured yet owns no pool
+        return None
+
+
+@dataclass
+class _Found:
+    """Storages and pools found on the heap, before the allocator gives pools their size."""
+
+    info: list[dict] = field(default_factory=list)
+    index: dict[tuple, int] = field(default_factory=dict)
+    nodes: list[int] = field(default_factory=list)
+    slots: list[int] = field(default_factory=list)
+
+    def add(self, key: tuple, node: int, meta: dict) -> dict:
+        slot = self.index.get(key)
+        if slot is None:
+            slot = self.index[key] = len(self.info)
+            self.info.append({**meta, "tensors": 0})
+        self.info[slot]["tensors"] += 1
+        self.nodes.append(node)
+        self.slots.append(slot)
+        return self.info[slot]
+
+    def weigh(self, allocator: AllocatorState | None) -> Leaked:
+        """Bytes per storage; a pool counts what it reserves beyond the leaked tensors inside it."""
+        inside: dict[tuple[int, int], int] = {}
+        for meta in self.info:
+            block = allocator.block_at(meta["address"]) if allocator and meta["kind"] == "tensor" else None
+            if block is not None and not meta["pinned"]:
+                meta["pool"] = list(block.pool)
+                meta["allocated_at"] = site_label(block.frames)
+                inside[block.pool] = inside.get(block.pool, 0) + block.size
+        reserved = allocator.pools() if allocator else {}
+        for meta in self.info:
+            if meta["kind"] != "tensor":
+                pool = tuple(meta["pool"])
+                meta["nbytes"] = max(reserved.get(pool, 0) - inside.get(pool, 0), 0)
+                meta["idle"] = allocator is not None and allocator.pool_active(pool) == 0
+                meta["allocated_at"] = site_label(allocator.pool_frames(pool)) if allocator else None
+        return Leaked(
+            nodes=np.array(self.nodes, dtype=np.int64),
+            storage=np.array(self.slots, dtype=np.int64),
+            nbytes=np.array([m["nbytes"] for m in self.info], dtype=np.int64),
+        )
+
+
+def _find_storages(objects: list, nodes: np.ndarray, device: str, exclude: set[StorageKey], pinned: bool) -> _Found:
+    """Tensors on `device` (and pinned host tensors, when auditing CUDA) not alive at baseline."""
+    found = _Found()
     tensor = None
     for node in nodes.tolist():
         tensor = objects[node]
-        found = storage_of(tensor)
-        if found is None:
+        located = storage_of(tensor)
+        if located is None:
             continue
-        key, nbytes = found
-        if key[0] != device or key in exclude:
+        key, nbytes = located
+        is_pinned = pinned and key[0] == "cpu" and is_pinned_tensor(tensor)
+        if (key[0] != device and not is_pinned) or key in exclude:
             continue
-        slot = index.get(key)
-        if slot is None:
-            slot = index[key] = len(info)
-            info.append(
-                {
-                    "address": key[1],
-                    "nbytes": nbytes,
-                    "dtype": str(tensor.dtype).replace("torch.", ""),
-                    "shape": list(tensor.shape),
-                    "numel": tensor.numel(),
-                    "tensors": 0,
-                }
-            )
-        elif tensor.numel() > info[slot]["numel"]:
-            info[slot].update(
-                dtype=str(tensor.dtype).replace("torch.", ""), shape=list(tensor.shape), numel=tensor.numel()
-            )
-        info[slot]["tensors"] += 1
-        kept_nodes.append(node)
-        kept_storage.append(slot)
+        meta = found.add(
+            key,
+            node,
+            {
+                "kind": "tensor",
+                "device": key[0],
+                "address": key[1],
+                "nbytes": nbytes,
+                "dtype": str(tensor.dtype).replace("torch.", ""),
+                "shape": list(tensor.shape),
+                "numel": tensor.numel(),
+                "pinned": is_pinned,
+                "pool": None,
+            },
+        )
+        if tensor.numel() > meta["numel"]:
+            meta.update(dtype=str(tensor.dtype).replace("torch.", ""), shape=list(tensor.shape), numel=tensor.numel())
     tensor = None  # no reference to a tensor may outlive this loop: it would look untracked
-    leaked = Leaked(
-        nodes=np.array(kept_nodes, dtype=np.int64),
-        storage=np.array(kept_storage, dtype=np.int64),
-        nbytes=np.array([s["nbytes"] for s in info], dtype=np.int64),
-    )
-    return leaked, info
+    return found
+
+
+def _find_pools(objects: list, nodes: np.ndarray, exclude: set[StorageKey], found: _Found) -> None:
+    """CUDA graphs and MemPools: each private pool is one leaked item, held through its owners."""
+    for node in nodes.tolist():
+        pool = pool_id(objects[node])
+        if pool is None or ("pool", pool) in exclude:
+            continue
+        kind = "mem_pool" if hasattr(objects[node], "use_count") else "graph_pool"
+        found.add(
+            ("pool", pool),
+            node,
+            {
+                "kind": kind,
+                "device": "",
+                "address": 0,
+                "nbytes": 0,
+                "dtype": "",
+                "shape": [],
+                "numel": 0,
+                "pinned": False,
+                "pool": list(pool),
+                "type": type(objects[node]).__name__,
+            },
+        )
 
 
 def _summarize(device, leaked, storages, ownership, heap_objects, heap_edges, baseline) -> Audit:
     holders = ownership.holders
     effective = effective_owners(ownership.owner_sets, holders)
     nbytes = leaked.nbytes.tolist()
+    on_device = [not meta["pinned"] for meta in storages]
     reachable = [0] * len(holders)
     retained = [0] * len(holders)
+    pinned = [0] * len(holders)
     shared: dict[tuple[int, ...], list[int]] = {}
     for storage, owners in enumerate(ownership.owner_sets):
+        if not on_device[storage]:
+            for owner in owners:
+                pinned[owner] += nbytes[storage]
+            continue
         for owner in owners:
             reachable[owner] += nbytes[storage]
         live = effective[storage]
@@ -149,6 +254,8 @@ def _summarize(device, leaked, storages, ownership, heap_objects, heap_edges, ba
             detail=h.handle.detail or ("; ".join(h.notes) if h.notes else None),
             fix=h.handle.fix,
             evaluable=all(ev for _, _, ev in h.examples),
+            pinned_bytes=pinned[i],
+            empty_pools=sum(1 for s in h.storages.tolist() if storages[s]["kind"] != "tensor" and nbytes[s] == 0),
         )
         for i, h in enumerate(holders)
     ]
@@ -157,19 +264,24 @@ def _summarize(device, leaked, storages, ownership, heap_objects, heap_edges, ba
     )
     owners = [owners[i] for i in order]
 
+    owners = [o for o in owners if o.reachable_bytes or o.pinned_bytes or o.storages > o.empty_pools]
     storage_reports = []
-    held = cycle = 0
+    held = cycle = pinned_total = 0
     for s, meta in enumerate(storages):
+        if meta["kind"] != "tensor" and nbytes[s] == 0:
+            continue  # a graph whose pool reserves nothing pins nothing
         live = effective[s]
         collectable = bool(live) and all(holders[o].handle.kind in FREED_BY_COLLECTOR for o in live)
-        if collectable:
+        if meta["pinned"]:
+            pinned_total += nbytes[s]
+        elif collectable:
             cycle += nbytes[s]
         else:
             held += nbytes[s]
         example = ownership.example[s]
         storage_reports.append(
             Storage(
-                device=device,
+                device=meta["device"] or device,
                 address=meta["address"],
                 nbytes=nbytes[s],
                 dtype=meta["dtype"],
@@ -178,6 +290,11 @@ def _summarize(device, leaked, storages, ownership, heap_objects, heap_edges, ba
                 owners=[holders[o].handle.path for o in live],
                 tensors=meta["tensors"],
                 collectable=collectable,
+                allocated_at=meta.get("allocated_at"),
+                kind=meta["kind"],
+                pool=meta["pool"],
+                pinned=meta["pinned"],
+                idle=meta.get("idle", False),
             )
         )
     storage_reports.sort(key=lambda s: -s.nbytes)
@@ -195,7 +312,25 @@ def _summarize(device, leaked, storages, ownership, heap_objects, heap_edges, ba
         shared=groups,
         held_bytes=held,
         cycle_bytes=cycle,
+        pinned_bytes=pinned_total,
+        sites=allocation_sites(storage_reports),
         baseline_storages=baseline.storages if baseline else 0,
         heap_objects=heap_objects,
         heap_edges=heap_edges,
     )
+
+
+def allocation_sites(storages: list[Storage]) -> list[Site]:
+    """Leaked device bytes grouped by the user-code line that allocated them."""
+    sites: dict[str, Site] = {}
+    for storage in storages:
+        if storage.pinned or storage.collectable or storage.nbytes == 0:
+            continue
+        label = storage.allocated_at or "<unknown: allocated while history was off>"
+        site = sites.setdefault(label, Site(site=label, bytes=0, storages=0, owners=[]))
+        site.bytes += storage.nbytes
+        site.storages += 1
+        for owner in storage.owners:
+            if owner not in site.owners:
+                site.owners.append(owner)
+    return sorted(sites.values(), key=lambda s: -s.bytes)

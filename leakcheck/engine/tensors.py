@@ -35,6 +35,13 @@ def tensor_device(tensor: torch.Tensor) -> str | None:
     return str(dev)
 
 
+def is_pinned_tensor(tensor: torch.Tensor) -> bool:
+    try:
+        return bool(tensor.is_pinned())
+    except Exception:
+        return False
+
+
 def storage_of(tensor: torch.Tensor) -> tuple[StorageKey, int] | None:
     """(key, bytes) of a tensor's storage; None for tensors without one (meta, sparse, wrappers)."""
     try:
@@ -90,43 +97,56 @@ def hidden_edges(objects: list, nodes: np.ndarray) -> list[tuple[object, object]
 
 @dataclass
 class Baseline:
-    """Storages alive before the runner was built: they belong to the process, not the runner.
+    """What was alive before the runner was built: it belongs to the process, not the runner.
 
     Weak references, not keys alone: an address freed after baseline and reused by the runner
     is the runner's, so a storage counts as baseline only while a baseline tensor still has it.
+    The same holds for CUDA graphs and memory pools, by pool id.
     """
 
     device: str
     tensors: list[weakref.ref] = field(default_factory=list)
+    pools: list[weakref.ref] = field(default_factory=list)
     storages: int = 0
     bytes: int = 0
 
-    def live_keys(self) -> set[StorageKey]:
-        keys = set()
+    def live_keys(self) -> set[tuple]:
+        from leakcheck.engine.audit import pool_id
+
+        keys: set[tuple] = set()
         for ref in self.tensors:
             tensor = ref()
-            if tensor is None:
-                continue
-            found = storage_of(tensor)
+            found = storage_of(tensor) if tensor is not None else None
             if found:
                 keys.add(found[0])
+        for ref in self.pools:
+            holder = ref()
+            pool = pool_id(holder) if holder is not None else None
+            if pool is not None:
+                keys.add(("pool", pool))
         return keys
 
 
 def take_baseline(device: str) -> Baseline:
-    """Record the tensors already alive on `device`, before the runner's factory runs.
+    """Record the tensors (and, on CUDA, pinned host tensors and pools) already alive.
 
     Garbage is collected first: a cycle left over from earlier work is nobody's baseline.
     """
+    from leakcheck.engine.audit import cuda_pool_types
+
+    device = normalize_device(device)
+    on_cuda = device.startswith("cuda")
     gc.collect()
     objects = gc.get_objects()
-    nodes = tensor_nodes(objects)
+    types = TypeIndex(objects)
     baseline = Baseline(device=device)
     seen: set[StorageKey] = set()
-    for node in nodes.tolist():
+    for node in types.nodes(is_tensor_type).tolist():
         tensor = objects[node]
         found = storage_of(tensor)
-        if found is None or found[0][0] != device:
+        if found is None:
+            continue
+        if found[0][0] != device and not (on_cuda and found[0][0] == "cpu" and is_pinned_tensor(tensor)):
             continue
         try:
             baseline.tensors.append(weakref.ref(tensor))
@@ -136,5 +156,13 @@ def take_baseline(device: str) -> Baseline:
             seen.add(found[0])
             baseline.storages += 1
             baseline.bytes += found[1]
+    pool_types = cuda_pool_types() if on_cuda else ()
+    if pool_types:
+        for node in types.nodes(lambda t: issubclass(t, pool_types)).tolist():
+            try:
+                baseline.pools.append(weakref.ref(objects[node]))
+            except TypeError:
+                continue
+    tensor = None
     del objects
     return baseline

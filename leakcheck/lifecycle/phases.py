@@ -25,10 +25,12 @@ from typing import Any
 import torch
 
 from leakcheck.config import Config, ConfigError
+from leakcheck.engine.allocator import AllocatorState, start_history, stop_history
 from leakcheck.engine.audit import audit
+from leakcheck.engine.reconcile import reconcile
 from leakcheck.engine.tensors import take_baseline
 from leakcheck.probes import MemoryProbes
-from leakcheck.report.model import Audit, MemorySample, RunError
+from leakcheck.report.model import Audit, MemorySample, Reconciliation, RunError
 
 Progress = Callable[[str], None]
 
@@ -39,7 +41,10 @@ class Lifecycle:
 
     device: str
     memory: list[MemorySample] = field(default_factory=list)
-    audit: Audit | None = None
+    audit_memory: list[MemorySample] = field(default_factory=list)
+    audit: Audit | None = None  # the last cycle's
+    audits: list[Audit] = field(default_factory=list)  # one per cycle
+    reconciliation: Reconciliation | None = None
     error: RunError | None = None
     notes: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
@@ -147,37 +152,76 @@ def _factory_kwargs(factory: Callable[..., Any], args: dict[str, Any], device: s
     return kwargs
 
 
-def _error(phase: str, exc: BaseException) -> RunError:
+def _error(phase: str, exc: BaseException, cycle: int = 1) -> RunError:
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    return RunError(phase=phase, type=type(exc).__name__, message=str(exc), traceback=text)
+    return RunError(phase=phase, type=type(exc).__name__, message=str(exc), traceback=text, cycle=cycle)
 
 
 def run_lifecycle(config: Config, progress: Progress | None = None) -> Lifecycle:
-    """Run every phase of `config` and audit what shutdown() left behind.
+    """Run every phase of `config` (`cycles` times) and audit what each shutdown() left behind.
 
     Raises ConfigError for problems the user fixes in the config; runner exceptions are
-    recorded in `Lifecycle.error` instead.
+    recorded in `Lifecycle.error` instead. Every shut-down runner stays alive until the end,
+    as the worker that owns it would keep it: `shutdown()` must free memory while the object
+    still exists.
     """
     say = progress or (lambda _message: None)
-    where = config.where("device")
-    device = resolve_device(config.device, where)
+    device = resolve_device(config.device, config.where("device"))
+    on_cuda = device.startswith("cuda")
     result = Lifecycle(device=device)
-    result.environment = {
-        "python": sys.version.split()[0],
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-    }
+    result.environment = {"python": sys.version.split()[0], "torch": torch.__version__, "cuda": torch.version.cuda}
     say(f"initialising {device}")
     _initialise(device)
     probes = MemoryProbes.for_device(device)
     if probes.nvml and probes.nvml.name:
         result.environment["gpu"] = probes.nvml.name
+    if on_cuda and config.history:
+        why = start_history()
+        if why:
+            result.notes.append(why)
+    elif on_cuda:
+        result.notes.append("allocation history is off (history: false): no allocation sites")
     result.memory.append(probes.sample("baseline"))
-    baseline = take_baseline(device)
 
+    runners: list[object] = []
+    for cycle in range(1, config.cycles + 1):
+        baseline = take_baseline(device)
+        runner = _one_cycle(config, device, cycle, probes, result, say)
+        if runner is not None:
+            runners.append(runner)
+            result.environment["runner"] = type(runner).__name__
+        say("auditing the heap")
+        result.audit_memory = [probes.sample("audit:before", cycle)]
+        result.audit = audit(runner, device, baseline, caller_frames=False, progress=say)
+        result.audit_memory.append(probes.sample("audit:after", cycle))
+        result.audits.append(result.audit)
+        result.timings.update(result.audit.timings)
+        del runner, baseline
+        say("collecting")
+        gc.collect()
+        if on_cuda:
+            torch.cuda.empty_cache()
+        result.memory.append(probes.sample("collected", cycle))
+        if result.error is not None:
+            break
+
+    if on_cuda:
+        say("reconciling with the allocator")
+        result.reconciliation = _reconcile(device, result)
+        if config.history:
+            stop_history()
+    result.notes.extend(probes.all_notes())
+    del runners
+    return result
+
+
+def _one_cycle(
+    config: Config, device: str, cycle: int, probes: MemoryProbes, result: Lifecycle, say: Progress
+) -> object | None:
+    """Load, warm up and shut down one runner, sampling memory after each phase."""
     runner = None
     started = time.perf_counter()
-    say(f"loading {config.runner.factory}")
+    say(f"cycle {cycle}: loading {config.runner.factory}" if config.cycles > 1 else f"loading {config.runner.factory}")
     try:
         factory = load_factory(config)
         kwargs = _factory_kwargs(factory, config.runner.args, device)
@@ -187,53 +231,61 @@ def run_lifecycle(config: Config, progress: Progress | None = None) -> Lifecycle
     except ConfigError:
         raise
     except (Exception, SystemExit) as exc:
-        result.error = _error("load", exc)
+        result.error = _error("load", exc, cycle)
     result.timings["load_s"] = time.perf_counter() - started
-    result.memory.append(probes.sample("loaded"))
+    result.memory.append(probes.sample("loaded", cycle))
+    if runner is None:
+        result.memory.append(probes.sample("shutdown", cycle))
+        return None
 
-    if runner is not None:
-        _check_methods(config, runner)
-        started = time.perf_counter()
-        for step in config.warmup:
-            if result.error:
+    _check_methods(config, runner)
+    started = time.perf_counter()
+    for step in config.warmup:
+        if result.error:
+            break
+        for _ in range(step.repeat):
+            say(f"warm-up: {step.call}")
+            try:
+                getattr(runner, step.call)(**step.args)  # the return value is dropped at once
+            except (Exception, SystemExit) as exc:
+                result.error = _error("warmup", exc, cycle)
                 break
-            for _ in range(step.repeat):
-                say(f"warm-up: {step.call}")
-                try:
-                    getattr(runner, step.call)(**step.args)  # the return value is dropped at once
-                except (Exception, SystemExit) as exc:
-                    result.error = _error("warmup", exc)
-                    break
-        result.timings["warmup_s"] = time.perf_counter() - started
-        result.memory.append(probes.sample("warmed"))
+    result.timings["warmup_s"] = time.perf_counter() - started
+    result.memory.append(probes.sample("warmed", cycle))
 
-        say(f"calling {config.runner.shutdown}()")
-        started = time.perf_counter()
-        try:
-            getattr(runner, config.runner.shutdown)()
-        except (Exception, SystemExit) as exc:
-            error = _error("shutdown", exc)
-            if result.error is None:
-                result.error = error
-            else:
-                result.notes.append(f"shutdown() also raised {error.type}: {error.message}")
-        if device.startswith("cuda"):
-            torch.cuda.synchronize(device)
-        result.timings["shutdown_s"] = time.perf_counter() - started
-    result.memory.append(probes.sample("shutdown"))
-
-    say("auditing the heap")
-    result.audit = audit(runner, device, baseline, caller_frames=False, progress=say)
-    result.timings.update(result.audit.timings)
-
-    say("collecting")
-    runner_type = type(runner).__name__ if runner is not None else None
-    gc.collect()
+    say(f"calling {config.runner.shutdown}()")
+    started = time.perf_counter()
+    try:
+        getattr(runner, config.runner.shutdown)()
+    except (Exception, SystemExit) as exc:
+        error = _error("shutdown", exc, cycle)
+        if result.error is None:
+            result.error = error
+        else:
+            result.notes.append(f"shutdown() also raised {error.type}: {error.message}")
     if device.startswith("cuda"):
-        torch.cuda.empty_cache()
-    result.memory.append(probes.sample("collected"))
-    result.notes.extend(probes.all_notes())
-    if runner_type:
-        result.environment["runner"] = runner_type
-    del runner
-    return result
+        torch.cuda.synchronize(device)
+    result.timings["shutdown_s"] = time.perf_counter() - started
+    result.memory.append(probes.sample("shutdown", cycle))
+    return runner
+
+
+def _reconcile(device: str, result: Lifecycle) -> Reconciliation | None:
+    """After the last `collected`: name every reserved byte, then free cuBLAS workspaces to tell them.
+
+    Clearing the workspaces changes nothing measured (every phase is sampled already); torch
+    allocates them again on the next matrix product.
+    """
+    if result.audit is None:
+        return None
+    state = AllocatorState.capture(device)
+    workspaces = None
+    clear = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)
+    if clear is not None:
+        before = {b.address for b in state.active_blocks()}
+        clear()
+        after = {b.address for b in AllocatorState.capture(device).active_blocks()}
+        workspaces = before - after
+        result.notes.append("leakcheck freed torch's cuBLAS workspaces after the last phase, to tell them apart")
+    baseline = next(m for m in result.memory if m.phase == "baseline")
+    return reconcile(state, result.audit, baseline, result.memory[-1], workspaces)

@@ -28,11 +28,12 @@ class MemoryProbes:
             probes.notes.append("device is cpu: NVML and allocator figures do not apply; RSS is measured")
         return probes
 
-    def sample(self, phase: str) -> MemorySample:
+    def sample(self, phase: str, cycle: int = 1) -> MemorySample:
         process, device = self.nvml.sample() if self.nvml else (None, None)
         allocated, reserved = allocator_bytes(self.device)
         return MemorySample(
             phase=phase,
+            cycle=cycle,
             nvml_process_bytes=process,
             nvml_device_bytes=device,
             torch_allocated_bytes=allocated,

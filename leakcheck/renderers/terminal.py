@@ -21,13 +21,32 @@ def render(report: Report, console: Console, verbose: bool = False) -> None:
     if report.error is not None:
         console.print(_error(report, verbose))
     console.print(_memory_table(report.memory))
+    if len(report.cycles) > 1:
+        console.print(_cycles_table(report))
     if report.owners:
         console.print(_owners_table(report))
         console.print(_release(report))
+    if report.sites:
+        console.print(_sites_table(report))
+    if report.reconciliation is not None:
+        console.print(_reconciliation_table(report))
     notes = list(report.notes)
     audit_s = report.timings.get("audit_s")
     if audit_s is not None:
         notes.append(f"heap audit: {audit_s:.2f} s over {report.heap_objects:,} objects")
+    if len(report.audit_memory) == 2:
+        before, after = report.audit_memory
+        deltas = [
+            f"{label} {format_delta(getattr(after, attr) - getattr(before, attr))}"
+            for label, attr in (("NVML process", "nvml_process_bytes"), ("torch allocated", "torch_allocated_bytes"))
+            if getattr(before, attr) is not None and getattr(after, attr) is not None
+        ]
+        if deltas:
+            notes.append("device memory across the heap audit itself: " + ", ".join(deltas))
+    if report.pinned_bytes:
+        notes.append(
+            f"{format_bytes(report.pinned_bytes)} of pinned host memory still held (not counted as device bytes)"
+        )
     if notes:
         console.print(Text("Notes", style="bold"))
         for note in notes:
@@ -71,6 +90,54 @@ def _error(report: Report, verbose: bool) -> Panel:
     return Panel(body, title=f"the runner raised during {error.phase}", title_align="left", border_style="magenta")
 
 
+def _cycles_table(report: Report) -> Table:
+    table = Table(title="Cycles (load, warm-up, shutdown in one process)", title_justify="left", title_style="bold")
+    table.add_column("cycle", justify="right")
+    table.add_column("NVML growth", justify="right")
+    table.add_column("torch reserved growth", justify="right")
+    table.add_column("leaked (audited)", justify="right")
+    for cycle in report.cycles:
+        table.add_row(
+            str(cycle.cycle),
+            format_delta(cycle.nvml_growth_bytes),
+            format_delta(cycle.torch_reserved_growth_bytes),
+            format_bytes(cycle.leaked_bytes),
+        )
+    table.caption = f"growth per later cycle: {format_delta(report.nvml_growth_bytes)}" + (
+        f" (limit {format_bytes(report.max_nvml_growth_bytes)})" if report.max_nvml_growth_bytes is not None else ""
+    )
+    return table
+
+
+def _sites_table(report: Report) -> Table:
+    table = Table(title="Where the leaked bytes were allocated", title_justify="left", title_style="bold", expand=True)
+    table.add_column("allocation site", overflow="fold", ratio=1)
+    table.add_column("bytes", justify="right", no_wrap=True)
+    table.add_column("storages", justify="right", no_wrap=True)
+    table.add_column("held by", overflow="fold", ratio=1)
+    for site in report.sites[:15]:
+        table.add_row(site.site, format_bytes(site.bytes), str(site.storages), ", ".join(site.owners[:4]))
+    return table
+
+
+def _reconciliation_table(report: Report) -> Table:
+    rec = report.reconciliation
+    assert rec is not None
+    title = "Where the memory went, after collected"
+    table = Table(title=title, title_justify="left", title_style="bold", expand=True)
+    table.add_column("category", ratio=1, overflow="fold")
+    table.add_column("bytes", justify="right", no_wrap=True)
+    for category in rec.categories:
+        name = category.name + (f"\n  {category.detail}" if category.detail else "")
+        table.add_row(Text(name), format_bytes(category.bytes))
+    parts = [f"torch reserved {format_bytes(rec.torch_reserved_bytes)}: {rec.reserved_named_share:.1%} named"]
+    if rec.nvml_growth_bytes is not None:
+        share = f", {rec.growth_named_share:.1%} named" if rec.growth_named_share is not None else ""
+        parts.append(f"NVML growth since baseline {format_delta(rec.nvml_growth_bytes)}{share}")
+    table.caption = "; ".join(parts)
+    return table
+
+
 def _memory_table(samples: list[MemorySample]) -> Table:
     table = Table(title="Memory by phase", title_justify="left", title_style="bold")
     columns = [
@@ -82,12 +149,13 @@ def _memory_table(samples: list[MemorySample]) -> Table:
     ]
     present = [(title, attr) for title, attr in columns if any(getattr(s, attr) is not None for s in samples)]
     table.add_column("phase")
+    cycles = len({s.cycle for s in samples}) > 1
     for title, _ in present:
         table.add_column(title, justify="right")
         table.add_column("Δ baseline", justify="right", style="dim")
     base = samples[0] if samples else None
     for sample in samples:
-        row = [sample.phase]
+        row = [f"{sample.phase} #{sample.cycle}" if cycles and sample.phase != "baseline" else sample.phase]
         for _, attr in present:
             value = getattr(sample, attr)
             start = getattr(base, attr) if base else None

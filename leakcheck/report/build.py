@@ -6,14 +6,19 @@ from fnmatch import fnmatchcase
 
 from leakcheck.config import Config
 from leakcheck.lifecycle.phases import Lifecycle
-from leakcheck.report.model import CYCLE, Owner, Report
+from leakcheck.report.model import CYCLE, Audit, Cycle, Owner, Report
 
 
 def is_allowed(path: str, patterns: list[str]) -> bool:
     return any(fnmatchcase(path, pattern) for pattern in patterns)
 
 
-def build_report(config: Config, lifecycle: Lifecycle, max_leaked_bytes: int | None = None) -> Report:
+def build_report(
+    config: Config,
+    lifecycle: Lifecycle,
+    max_leaked_bytes: int | None = None,
+    max_nvml_growth_bytes: int | None = None,
+) -> Report:
     """Apply the gate to what a run found.
 
     A storage counts as leaked when at least one holder that is neither allowed nor garbage
@@ -22,6 +27,7 @@ def build_report(config: Config, lifecycle: Lifecycle, max_leaked_bytes: int | N
     limit = config.gate.max_leaked_bytes if max_leaked_bytes is None else max_leaked_bytes
     patterns = config.gate.allow
     found = lifecycle.audit
+    growth_limit = config.gate.max_nvml_growth_bytes if max_nvml_growth_bytes is None else max_nvml_growth_bytes
     report = Report(
         name=config.name or "leakcheck",
         device=lifecycle.device,
@@ -29,6 +35,9 @@ def build_report(config: Config, lifecycle: Lifecycle, max_leaked_bytes: int | N
         leaked_bytes=0,
         max_leaked_bytes=limit,
         memory=lifecycle.memory,
+        audit_memory=lifecycle.audit_memory,
+        reconciliation=lifecycle.reconciliation,
+        max_nvml_growth_bytes=growth_limit,
         timings=dict(lifecycle.timings),
         error=lifecycle.error,
         notes=list(lifecycle.notes),
@@ -38,15 +47,10 @@ def build_report(config: Config, lifecycle: Lifecycle, max_leaked_bytes: int | N
     if found is not None:
         for owner in found.owners:
             owner.allowed = is_allowed(owner.path, patterns)
-        allowed = {o.path for o in found.owners if o.allowed}
-        for storage in found.storages:
-            if storage.collectable:
-                continue
-            if any(path not in allowed for path in storage.owners):
-                report.leaked_bytes += storage.nbytes
-            else:
-                report.allowed_bytes += storage.nbytes
+        report.leaked_bytes, report.allowed_bytes = leaked_and_allowed(found, patterns)
         report.held_bytes = found.held_bytes
+        report.pinned_bytes = found.pinned_bytes
+        report.sites = found.sites
         report.cycle_bytes = found.cycle_bytes
         report.owners = found.owners
         report.storages = found.storages
@@ -54,11 +58,65 @@ def build_report(config: Config, lifecycle: Lifecycle, max_leaked_bytes: int | N
         report.release = release_lines(found.owners)
         report.heap_objects = found.heap_objects
         report.notes.extend(found.notes)
+    report.cycles = cycle_summaries(lifecycle, patterns)
+    report.nvml_growth_bytes = nvml_growth(report)
     if report.error is not None:
         report.verdict = "error"
     elif report.leaked_bytes > limit:
         report.verdict = "fail"
+    elif growth_limit is not None and report.nvml_growth_bytes is not None and report.nvml_growth_bytes > growth_limit:
+        report.verdict = "fail"
     return report
+
+
+def leaked_and_allowed(audit: Audit, patterns: list[str]) -> tuple[int, int]:
+    """Device bytes some unallowed holder pins, and bytes only allowed holders pin."""
+    leaked = allowed = 0
+    for storage in audit.storages:
+        if storage.collectable or storage.pinned:
+            continue
+        if any(not is_allowed(path, patterns) for path in storage.owners):
+            leaked += storage.nbytes
+        else:
+            allowed += storage.nbytes
+    return leaked, allowed
+
+
+def cycle_summaries(lifecycle: Lifecycle, patterns: list[str]) -> list[Cycle]:
+    """Per cycle: NVML and reserved growth over the previous cycle's `collected`, and the audited leak."""
+    ends = [m for m in lifecycle.memory if m.phase == "collected"]
+    starts = [m for m in lifecycle.memory if m.phase == "baseline"][:1] + ends[:-1]
+    cycles = []
+    for index, (start, end) in enumerate(zip(starts, ends), start=1):
+        audit = lifecycle.audits[index - 1] if index - 1 < len(lifecycle.audits) else None
+        cycles.append(
+            Cycle(
+                cycle=index,
+                nvml_growth_bytes=_difference(end.nvml_process_bytes, start.nvml_process_bytes),
+                torch_reserved_growth_bytes=_difference(end.torch_reserved_bytes, start.torch_reserved_bytes),
+                leaked_bytes=leaked_and_allowed(audit, patterns)[0] if audit else 0,
+            )
+        )
+    return cycles
+
+
+def nvml_growth(report: Report) -> int | None:
+    """NVML growth since baseline; with several cycles, the mean growth per cycle after the first.
+
+    The first cycle pays one-time costs (context, kernel modules, workspaces); what each later
+    cycle adds is the leak that kills a long-lived process that reloads models.
+    """
+    growth = [c.nvml_growth_bytes for c in report.cycles]
+    if not growth or any(g is None for g in growth):
+        return None
+    if len(growth) == 1:
+        return growth[0]
+    later = growth[1:]
+    return int(sum(later) / len(later))
+
+
+def _difference(end: int | None, start: int | None) -> int | None:
+    return None if end is None or start is None else end - start
 
 
 def release_lines(owners: list[Owner]) -> list[str]:

@@ -40,6 +40,8 @@ class Owner:
     fix: str | None = None
     evaluable: bool = True
     allowed: bool = False
+    pinned_bytes: int = 0  # pinned host memory it reaches, apart from device bytes
+    empty_pools: int = field(default=0, repr=False)  # graphs it holds whose pools reserve nothing
 
 
 @dataclass
@@ -55,7 +57,21 @@ class Storage:
     owners: list[str]
     tensors: int
     collectable: bool = False  # only garbage cycles hold it: gc.collect() frees it
-    allocated_at: str | None = None
+    allocated_at: str | None = None  # user-code line that allocated it (CUDA, history on)
+    kind: str = "tensor"  # tensor | graph_pool | mem_pool
+    pool: list[int] | None = None  # the allocator pool it lives in (a pool's own id for pools)
+    pinned: bool = False  # pinned host memory, reported apart from device bytes
+    idle: bool = False  # a pool that reserves memory with no live allocation in it
+
+
+@dataclass
+class Site:
+    """Leaked bytes grouped by the line of user code that allocated them."""
+
+    site: str
+    bytes: int
+    storages: int
+    owners: list[str]
 
 
 @dataclass
@@ -81,6 +97,8 @@ class Audit:
     heap_objects: int
     heap_edges: int
     frozen_objects: int = 0
+    pinned_bytes: int = 0
+    sites: list[Site] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
@@ -93,6 +111,7 @@ class MemorySample:
     """Memory figures at one lifecycle phase; None where this machine cannot measure them."""
 
     phase: str
+    cycle: int = 1
     nvml_process_bytes: int | None = None
     nvml_device_bytes: int | None = None
     torch_allocated_bytes: int | None = None
@@ -101,11 +120,41 @@ class MemorySample:
 
 
 @dataclass
+class Category:
+    name: str
+    bytes: int
+    detail: str | None = None
+
+
+@dataclass
+class Reconciliation:
+    """NVML's growth since baseline and the allocator's reserved bytes, split into categories."""
+
+    nvml_growth_bytes: int | None
+    torch_reserved_bytes: int
+    categories: list[Category]
+    named_bytes: int  # bytes with a named holder or a named allocator role
+    reserved_named_share: float  # of what torch reserves after `collected`
+    growth_named_share: float | None  # of NVML's growth since baseline
+
+
+@dataclass
+class Cycle:
+    """One load, warm-up and shutdown of a run with `cycles: N`."""
+
+    cycle: int
+    nvml_growth_bytes: int | None  # NVML at this cycle's `collected` minus the previous one (or baseline)
+    torch_reserved_growth_bytes: int | None
+    leaked_bytes: int  # what the audit attributes to this cycle's runner
+
+
+@dataclass
 class RunError:
     phase: str
     type: str
     message: str
     traceback: str | None = None
+    cycle: int = 1
 
 
 @dataclass
@@ -118,11 +167,18 @@ class Report:
     held_bytes: int = 0
     allowed_bytes: int = 0
     cycle_bytes: int = 0
+    pinned_bytes: int = 0
+    max_nvml_growth_bytes: int | None = None
+    nvml_growth_bytes: int | None = None  # since baseline; per later cycle when cycles > 1
     owners: list[Owner] = field(default_factory=list)
     storages: list[Storage] = field(default_factory=list)
     shared: list[SharedHold] = field(default_factory=list)
+    sites: list[Site] = field(default_factory=list)
     release: list[str] = field(default_factory=list)
     memory: list[MemorySample] = field(default_factory=list)
+    audit_memory: list[MemorySample] = field(default_factory=list)  # just before and after the heap audit
+    reconciliation: Reconciliation | None = None
+    cycles: list[Cycle] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     error: RunError | None = None
     notes: list[str] = field(default_factory=list)

@@ -1,0 +1,220 @@
+"""PyTorch's CUDA caching allocator, read from `torch.cuda.memory._snapshot()`.
+
+What the heap cannot tell: which bytes a CUDA graph's private pool still reserves, where a
+block was allocated (the Python stack recorded with it), and what the allocator holds that
+no Python tensor explains (cuBLAS workspaces, blocks kept from C++, its own cache).
+Everything here works on the snapshot's plain dicts, so recorded snapshots replay on a CPU.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+import re
+import sys
+import sysconfig
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import torch
+
+DEFAULT_POOL = (0, 0)
+ACTIVE = ("active_allocated", "active_pending_free")
+HISTORY_ENTRIES = 200_000
+
+
+@dataclass(frozen=True)
+class Frame:
+    filename: str
+    line: int
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.filename}:{self.line} in {self.name}"
+
+
+@dataclass
+class Block:
+    address: int
+    size: int
+    state: str
+    pool: tuple[int, int]
+    frames: list[Frame] = field(default_factory=list)
+
+    @property
+    def active(self) -> bool:
+        return self.state in ACTIVE
+
+
+@dataclass
+class Segment:
+    address: int
+    total_size: int
+    pool: tuple[int, int]
+    blocks: list[Block]
+    frames: list[Frame] = field(default_factory=list)
+
+    @property
+    def active_size(self) -> int:
+        return sum(b.size for b in self.blocks if b.active)
+
+
+@dataclass
+class AllocatorState:
+    """One device's segments and blocks, indexed by address."""
+
+    device: int
+    segments: list[Segment]
+    trace_entries: int = 0
+    history: bool = False  # whether blocks carry allocation stacks
+    _starts: list[int] = field(default_factory=list, repr=False)
+    _blocks: list[Block] = field(default_factory=list, repr=False)
+
+    @classmethod
+    def from_snapshot(cls, snapshot: dict, device: int = 0) -> AllocatorState:
+        segments = []
+        for raw in snapshot.get("segments", []):
+            if raw.get("device", device) != device:
+                continue
+            pool = tuple(raw.get("segment_pool_id", DEFAULT_POOL))
+            blocks = []
+            address = raw["address"]
+            for block in raw.get("blocks", []):
+                start = block.get("address", address)
+                blocks.append(Block(start, block["size"], block["state"], pool, _frames(block.get("frames"))))
+                address = start + block["size"]
+            segments.append(Segment(raw["address"], raw["total_size"], pool, blocks, _frames(raw.get("frames"))))
+        traces = snapshot.get("device_traces") or []
+        entries = len(traces[device]) if device < len(traces) else 0
+        state = cls(device=device, segments=segments, trace_entries=entries)
+        state._blocks = sorted((b for s in segments for b in s.blocks), key=lambda b: b.address)
+        state._starts = [b.address for b in state._blocks]
+        state.history = any(b.frames for b in state._blocks if b.active)
+        return state
+
+    @classmethod
+    def capture(cls, device: str) -> AllocatorState:
+        """Read the live allocator; a CPU-side call that allocates nothing on the device."""
+        index = torch.device(device).index or 0
+        return cls.from_snapshot(torch.cuda.memory._snapshot(), index)
+
+    def block_at(self, address: int) -> Block | None:
+        """The block holding `address` (a storage's data pointer)."""
+        position = bisect.bisect_right(self._starts, address) - 1
+        if position < 0:
+            return None
+        block = self._blocks[position]
+        return block if block.address <= address < block.address + block.size else None
+
+    def active_blocks(self) -> list[Block]:
+        return [b for b in self._blocks if b.active]
+
+    def reserved(self, pool: tuple[int, int] | None = None) -> int:
+        return sum(s.total_size for s in self.segments if pool is None or s.pool == pool)
+
+    def pools(self) -> dict[tuple[int, int], int]:
+        """Reserved bytes of each private pool (CUDA graphs, MemPools)."""
+        result: dict[tuple[int, int], int] = {}
+        for segment in self.segments:
+            if segment.pool != DEFAULT_POOL:
+                result[segment.pool] = result.get(segment.pool, 0) + segment.total_size
+        return result
+
+    def pool_active(self, pool: tuple[int, int]) -> int:
+        return sum(s.active_size for s in self.segments if s.pool == pool)
+
+    def pool_frames(self, pool: tuple[int, int]) -> list[Frame]:
+        """Where a pool's memory was first asked for: its largest segment's stack."""
+        segments = sorted((s for s in self.segments if s.pool == pool), key=lambda s: -s.total_size)
+        for segment in segments:
+            if segment.frames:
+                return segment.frames
+            for block in segment.blocks:
+                if block.frames:
+                    return block.frames
+        return []
+
+
+def _frames(raw: Iterable[dict] | None) -> list[Frame]:
+    return [Frame(f.get("filename", "?"), int(f.get("line", 0)), f.get("name", "?")) for f in raw or []]
+
+
+def start_history(max_entries: int = HISTORY_ENTRIES) -> str | None:
+    """Record allocation stacks from now on; returns why it could not, or None.
+
+    Uses the current API (torch >= 2.1) with Python stacks only, which is cheap, and the
+    older `enabled=True` form where that is all the installed torch offers.
+    """
+    record = getattr(torch.cuda.memory, "_record_memory_history", None)
+    if record is None:
+        return f"torch {torch.__version__} cannot record allocation history"
+    try:
+        record(enabled="all", context="alloc", stacks="python", max_entries=max_entries)
+    except TypeError:
+        try:
+            record(True, trace_alloc_max_entries=max_entries, trace_alloc_record_context=True)
+        except Exception as exc:  # pragma: no cover - very old torch
+            return f"allocation history unavailable: {exc}"
+    except RuntimeError as exc:
+        return f"allocation history unavailable: {exc}"
+    return None
+
+
+def stop_history() -> None:
+    record = getattr(torch.cuda.memory, "_record_memory_history", None)
+    if record is not None:
+        try:
+            record(enabled=None)
+        except TypeError:  # pragma: no cover - very old torch
+            record(False)
+
+
+_LIBRARY_DIRS = tuple(
+    os.path.join(os.path.abspath(p), "")
+    for p in {os.path.dirname(torch.__file__), sysconfig.get_paths().get("stdlib", ""), os.path.dirname(os.__file__)}
+    if p
+)
+# Recorded stacks come from other machines too: recognise libraries by path shape as well.
+_LIBRARY_PACKAGES = {"torch", "transformers", "accelerate", "triton", "safetensors"}
+_STDLIB = re.compile(r"[/\\]lib[/\\]python3\.\d+[/\\](?!site-packages|dist-packages)")
+
+
+def is_library_path(path: str) -> bool:
+    """Frames of torch, transformers and the standard library: never "where the user allocated"."""
+    from leakcheck.engine.roots import is_own_code
+
+    if not path or path.startswith("<"):
+        return True
+    absolute = os.path.abspath(path)
+    if absolute.startswith(_LIBRARY_DIRS) or is_own_code(absolute) or _STDLIB.search(absolute):
+        return True
+    parts = absolute.replace("\\", "/").split("/")
+    for marker in ("site-packages", "dist-packages"):
+        if marker in parts:
+            index = parts.index(marker)
+            if index + 1 < len(parts) and parts[index + 1] in _LIBRARY_PACKAGES:
+                return True
+    return False
+
+
+def user_frame(frames: list[Frame]) -> Frame | None:
+    """The innermost frame in the user's code: not torch, transformers or the standard library."""
+    return next((frame for frame in frames if not is_library_path(frame.filename)), None)
+
+
+def site_label(frames: list[Frame]) -> str | None:
+    frame = user_frame(frames)
+    if frame is None:
+        return None
+    return f"{_short(frame.filename)}:{frame.line} in {frame.name}"
+
+
+def _short(path: str) -> str:
+    """Paths relative to the working directory or a sys.path entry, as a developer reads them."""
+    absolute = os.path.abspath(path)
+    bases = sorted({os.getcwd(), *(p for p in sys.path if p)}, key=len, reverse=True)
+    for base in bases:
+        base = os.path.join(os.path.abspath(base), "")
+        if absolute.startswith(base):
+            return absolute[len(base) :]
+    return path

@@ -1,0 +1,163 @@
+"""The CUDA allocator's snapshot, replayed on a CPU from a recording made on an H200.
+
+tests/fixtures/h200-after-runner-deleted.snapshot.json: the seed MRV2 runner on an H200
+(torch 2.11.0+cu130), recorded after the runner itself was dropped: what is left are six
+32 MiB cuBLAS workspaces (one inside the CUDA graphs' pool), two rotary caches that the
+module-level `_ROPE_DICT` still holds, and the allocator's cache.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import run_audit
+from leakcheck.engine.allocator import AllocatorState, is_library_path, site_label
+from leakcheck.engine.reconcile import CACHE, CPP_HELD, GRAPH_POOLS, LEAKED_TENSORS, ORPHAN_POOLS, OUTSIDE, WORKSPACES
+from leakcheck.engine.reconcile import reconcile
+from leakcheck.report.model import Audit, MemorySample, Storage
+
+FIXTURE = Path(__file__).parent / "fixtures" / "h200-after-runner-deleted.snapshot.json"
+MiB = 2**20
+GRAPH_POOL = (0, 1)
+
+
+@pytest.fixture
+def snapshot() -> dict:
+    return json.loads(FIXTURE.read_text())
+
+
+@pytest.fixture
+def state(snapshot) -> AllocatorState:
+    return AllocatorState.from_snapshot(snapshot)
+
+
+def test_segments_pools_and_blocks(state):
+    assert state.reserved() == 1_725_956_096  # torch.cuda.memory_reserved() at that moment
+    assert state.pools() == {GRAPH_POOL: 34 * MiB}
+    assert state.pool_active(GRAPH_POOL) == 32 * MiB
+    active = state.active_blocks()
+    assert sorted(b.size for b in active) == [64 * 1024, 256 * 1024] + [32 * MiB] * 6
+    assert state.history
+
+
+def test_block_lookup_by_address(state):
+    block = max(state.active_blocks(), key=lambda b: b.size)
+    assert state.block_at(block.address) is block
+    assert state.block_at(block.address + block.size - 1) is block
+    assert state.block_at(0) is None
+
+
+def test_allocation_sites_skip_library_frames(state):
+    workspace = next(b for b in state.active_blocks() if b.size == 32 * MiB)
+    assert workspace.frames[0].filename.endswith("torch/nn/modules/linear.py")  # where torch asked
+    assert site_label(workspace.frames).endswith("leakcheck/examples/mrv2.py:57 in forward")  # where the user did
+    rope = next(b for b in state.active_blocks() if b.size == 64 * 1024)
+    assert site_label(rope.frames).endswith("leakcheck/examples/mrv2.py:31 in __init__")
+    assert is_library_path("/usr/lib/python3.12/threading.py")
+    assert is_library_path("/opt/venv/lib/python3.12/site-packages/transformers/models/llama/modeling_llama.py")
+    assert not is_library_path("/srv/engine/worker/model_runner.py")
+
+
+class RecordedGraph:
+    """Stands in for a torch.cuda.CUDAGraph on a CPU: it names the pool the recording shows."""
+
+    def __init__(self, pool):
+        self._pool = pool
+
+    def pool(self):
+        return self._pool
+
+
+class Manager:
+    pass
+
+
+def test_graphs_sharing_a_pool_pin_it_once(baseline, state):
+    runner = Manager()
+    runner.cudagraph_manager = Manager()
+    runner.cudagraph_manager.graphs = {1: RecordedGraph(GRAPH_POOL), 2: RecordedGraph(GRAPH_POOL)}
+    runner.unused_graph = RecordedGraph((0, 7))  # a pool the allocator does not know: nothing reserved
+    result = run_audit(runner, baseline, allocator=state, pool_types=(RecordedGraph,))
+    pools = [s for s in result.storages if s.kind != "tensor"]
+    assert len(pools) == 1
+    pool = pools[0]
+    assert (pool.kind, pool.pool, pool.nbytes, pool.tensors, pool.idle) == ("graph_pool", [0, 1], 34 * MiB, 2, False)
+    assert pool.owners == ["runner.cudagraph_manager"]
+    assert pool.allocated_at.endswith("mrv2.py:57 in forward")
+    assert pool.example == "runner.cudagraph_manager.graphs[1]"
+    assert [o.path for o in result.owners] == ["runner.cudagraph_manager"]
+    assert result.owners[0].reachable_bytes == result.held_bytes == 34 * MiB
+    assert result.sites[0].bytes == 34 * MiB and result.sites[0].owners == ["runner.cudagraph_manager"]
+
+
+def test_a_pool_with_nothing_allocated_is_flagged_idle(baseline, snapshot):
+    idle = copy.deepcopy(snapshot)
+    for segment in idle["segments"]:
+        if segment["segment_pool_id"] == list(GRAPH_POOL):
+            for block in segment["blocks"]:
+                block["state"] = "inactive"
+    runner = Manager()
+    runner.graph = RecordedGraph(GRAPH_POOL)
+    result = run_audit(runner, baseline, allocator=AllocatorState.from_snapshot(idle), pool_types=(RecordedGraph,))
+    assert result.storages[0].idle and result.storages[0].nbytes == 34 * MiB
+
+
+def recorded_audit(state: AllocatorState, leaked_sizes: tuple[int, ...]) -> Audit:
+    """An audit whose leaked tensors are the recording's blocks of these sizes."""
+    storages = [
+        Storage(
+            device="cuda:0",
+            address=b.address,
+            nbytes=b.size,
+            dtype="float16",
+            shape=[],
+            example="",
+            owners=["x"],
+            tensors=1,
+        )
+        for b in state.active_blocks()
+        if b.size in leaked_sizes
+    ]
+    return Audit("cuda:0", [], storages, [], sum(s.nbytes for s in storages), 0, 0, 0, 0)
+
+
+BASELINE = MemorySample("baseline", nvml_process_bytes=543_162_368, torch_reserved_bytes=0)
+COLLECTED = MemorySample("collected", nvml_process_bytes=2_512_388_096, torch_reserved_bytes=1_725_956_096)
+
+
+def test_reconciliation_names_every_reserved_byte(state):
+    workspaces = {b.address for b in state.active_blocks() if b.size == 32 * MiB}
+    result = reconcile(state, recorded_audit(state, (64 * 1024, 256 * 1024)), BASELINE, COLLECTED, workspaces)
+    sizes = {c.name: c.bytes for c in result.categories}
+    assert sizes[LEAKED_TENSORS] == 320 * 1024  # the two rotary caches
+    assert sizes[WORKSPACES] == 5 * 32 * MiB  # the sixth lives in the graph pool
+    assert sizes[ORPHAN_POOLS] == 34 * MiB  # the graphs are gone, their pool is not
+    assert sizes[GRAPH_POOLS] == 0 and sizes[CPP_HELD] == 0
+    assert sizes[LEAKED_TENSORS] + sizes[WORKSPACES] + sizes[ORPHAN_POOLS] + sizes[CACHE] == state.reserved()
+    assert result.reserved_named_share == 1.0
+    assert sizes[OUTSIDE] == 2_512_388_096 - 543_162_368 - 1_725_956_096
+    assert result.nvml_growth_bytes == sum(c.bytes for c in result.categories)
+    assert result.growth_named_share == pytest.approx(state.reserved() / result.nvml_growth_bytes)
+
+
+def test_without_workspace_identification_they_are_unexplained(state):
+    result = reconcile(state, recorded_audit(state, ()), BASELINE, COLLECTED, None)
+    sizes = {c.name: c.bytes for c in result.categories}
+    assert sizes[WORKSPACES] == 0
+    assert sizes[CPP_HELD] == 5 * 32 * MiB + 320 * 1024
+    cpp = next(c for c in result.categories if c.name == CPP_HELD)
+    assert "mrv2.py:57 in forward" in cpp.detail
+    assert result.reserved_named_share == pytest.approx(1 - sizes[CPP_HELD] / state.reserved())
+
+
+def test_cpu_audit_reads_no_allocator(baseline):
+    runner = Manager()
+    runner.weights = torch.zeros(16)
+    result = run_audit(runner, baseline)
+    assert result.storages[0].pool is None and result.storages[0].allocated_at is None
+    assert not any("history" in note for note in result.notes)
