@@ -90,6 +90,8 @@ def audit(
         roots = index_roots(graph, runner, frames, barriers=(frames,))
         ownership = find_owners(graph, roots, leaked, frozen=freeze.frozen_mask(graph.objects))
         result = _summarize(device, leaked, found.info, ownership, graph.size, graph.edges, baseline)
+        if allocator is not None:
+            result.sites = allocation_sites(result.storages)
         del graph, roots, ownership
     result.frozen_objects = freeze.frozen_objects
     if freeze.note:
@@ -313,7 +315,6 @@ def _summarize(device, leaked, storages, ownership, heap_objects, heap_edges, ba
         held_bytes=held,
         cycle_bytes=cycle,
         pinned_bytes=pinned_total,
-        sites=allocation_sites(storage_reports),
         baseline_storages=baseline.storages if baseline else 0,
         heap_objects=heap_objects,
         heap_edges=heap_edges,

@@ -163,12 +163,12 @@ class CudaGraphManager:
             input_ids = torch.zeros(size, dtype=torch.long, device=self.device)
             positions = torch.arange(size, device=self.device)
             if self.device.type == "cuda":
-                stream = torch.cuda.Stream()
-                stream.wait_stream(torch.cuda.current_stream())
-                with torch.cuda.stream(stream), torch.inference_mode():
+                # Warm up on the current stream: a new side stream per capture would make cuBLAS
+                # allocate a workspace per stream, and per reload (torch keeps one per stream).
+                with torch.inference_mode():
                     for _ in range(2):
                         self.model(input_ids, positions)
-                torch.cuda.current_stream().wait_stream(stream)
+                torch.cuda.synchronize(self.device)
                 graph = torch.cuda.CUDAGraph()
                 with torch.inference_mode(), torch.cuda.graph(graph, pool=self.pool):
                     output = self.model(input_ids, positions)
