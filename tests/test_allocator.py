@@ -19,7 +19,7 @@ from conftest import run_audit
 from leakcheck.engine.allocator import AllocatorState, is_library_path, site_label
 from leakcheck.engine.reconcile import CACHE, CPP_HELD, GRAPH_POOLS, LEAKED_TENSORS, ORPHAN_POOLS, OUTSIDE, WORKSPACES
 from leakcheck.engine.reconcile import reconcile
-from leakcheck.report.model import Audit, MemorySample, Storage
+from leakcheck.report.model import MemorySample, Storage
 
 FIXTURE = Path(__file__).parent / "fixtures" / "h200-after-runner-deleted.snapshot.json"
 MiB = 2**20
@@ -107,9 +107,9 @@ def test_a_pool_with_nothing_allocated_is_flagged_idle(baseline, snapshot):
     assert result.storages[0].idle and result.storages[0].nbytes == 34 * MiB
 
 
-def recorded_audit(state: AllocatorState, leaked_sizes: tuple[int, ...]) -> Audit:
-    """An audit whose leaked tensors are the recording's blocks of these sizes."""
-    storages = [
+def recorded_storages(state: AllocatorState, leaked_sizes: tuple[int, ...]) -> list[Storage]:
+    """Leaked tensors as an audit reports them: the recording's blocks of these sizes."""
+    return [
         Storage(
             device="cuda:0",
             address=b.address,
@@ -123,7 +123,6 @@ def recorded_audit(state: AllocatorState, leaked_sizes: tuple[int, ...]) -> Audi
         for b in state.active_blocks()
         if b.size in leaked_sizes
     ]
-    return Audit("cuda:0", [], storages, [], sum(s.nbytes for s in storages), 0, 0, 0, 0)
 
 
 BASELINE = MemorySample("baseline", nvml_process_bytes=543_162_368, torch_reserved_bytes=0)
@@ -132,7 +131,7 @@ COLLECTED = MemorySample("collected", nvml_process_bytes=2_512_388_096, torch_re
 
 def test_reconciliation_names_every_reserved_byte(state):
     workspaces = {b.address for b in state.active_blocks() if b.size == 32 * MiB}
-    result = reconcile(state, recorded_audit(state, (64 * 1024, 256 * 1024)), BASELINE, COLLECTED, workspaces)
+    result = reconcile(state, recorded_storages(state, (64 * 1024, 256 * 1024)), BASELINE, COLLECTED, workspaces)
     sizes = {c.name: c.bytes for c in result.categories}
     assert sizes[LEAKED_TENSORS] == 320 * 1024  # the two rotary caches
     assert sizes[WORKSPACES] == 5 * 32 * MiB  # the sixth lives in the graph pool
@@ -146,7 +145,7 @@ def test_reconciliation_names_every_reserved_byte(state):
 
 
 def test_without_workspace_identification_they_are_unexplained(state):
-    result = reconcile(state, recorded_audit(state, ()), BASELINE, COLLECTED, None)
+    result = reconcile(state, recorded_storages(state, ()), BASELINE, COLLECTED, None)
     sizes = {c.name: c.bytes for c in result.categories}
     assert sizes[WORKSPACES] == 0
     assert sizes[CPP_HELD] == 5 * 32 * MiB + 320 * 1024
@@ -161,3 +160,66 @@ def test_cpu_audit_reads_no_allocator(baseline):
     result = run_audit(runner, baseline)
     assert result.storages[0].pool is None and result.storages[0].allocated_at is None
     assert not any("history" in note for note in result.notes)
+
+
+# tests/fixtures/h200-mrv2-live.json: the seed MRV2 runner (fp16, 4 layers) on an H200, audited
+# while alive, with the allocator snapshot taken at the same moment (scripts/capture_cuda_snapshot.py).
+LIVE = Path(__file__).parent / "fixtures" / "h200-mrv2-live.json"
+
+
+@pytest.fixture
+def live() -> dict:
+    return json.loads(LIVE.read_text())
+
+
+def test_every_leaked_storage_is_an_allocated_block(live):
+    state = AllocatorState.from_snapshot(live["snapshot"])
+    tensors = [s for s in live["storages"] if s["kind"] == "tensor"]
+    assert len(tensors) == 54
+    for storage in tensors:
+        block = state.block_at(storage["address"])
+        assert block is not None and block.active and block.size >= storage["nbytes"]
+        assert site_label(block.frames) == storage["allocated_at"]
+    assert sum(s["nbytes"] for s in tensors) <= live["allocated"] <= state.reserved() == live["reserved"]
+
+
+def test_pool_weighing_replays_the_recording(live):
+    from leakcheck.engine.audit import _Found
+
+    state = AllocatorState.from_snapshot(live["snapshot"])
+    found = _Found()
+    for index, storage in enumerate(live["storages"]):
+        meta = {key: storage[key] for key in ("kind", "address", "nbytes", "pool", "pinned")}
+        found.add(
+            ("pool", tuple(storage["pool"])) if storage["kind"] != "tensor" else ("cuda:0", storage["address"]),
+            index,
+            meta,
+        )
+    leaked = found.weigh(state)
+    pool = next(m for m in found.info if m["kind"] == "graph_pool")
+    recorded = next(s for s in live["storages"] if s["kind"] == "graph_pool")
+    assert pool["nbytes"] == recorded["nbytes"] == 35_636_224
+    assert pool["allocated_at"] == recorded["allocated_at"]
+    assert not pool["idle"]
+    # What the device would get back is never less than the tensors, nor more than is reserved.
+    tensors = [m for m in found.info if m["kind"] == "tensor"]
+    assert all(m["reserved"] >= m["nbytes"] for m in tensors)
+    assert sum(m["reserved"] for m in found.info) <= state.reserved()
+    assert int(leaked.nbytes.sum()) == sum(s["nbytes"] for s in live["storages"])
+
+
+def test_live_reconciliation_names_what_torch_reserves(live):
+    state = AllocatorState.from_snapshot(live["snapshot"])
+    storages = [Storage(**{**s, "reserved_bytes": s.get("reserved_bytes", 0)}) for s in live["storages"]]
+    result = reconcile(state, storages, BASELINE, COLLECTED, workspaces=None)
+    sizes = {c.name: c.bytes for c in result.categories}
+    assert sizes[GRAPH_POOLS] == 35_636_224
+    assert sizes[LEAKED_TENSORS] >= sum(s.nbytes for s in storages if s.kind == "tensor")
+    # What no tensor explains: the main stream's 32 MiB cuBLAS workspace, allocated inside the
+    # first matrix product (this recording did not clear workspaces to name it), and two
+    # 512-byte blocks CUDA graph capture keeps for itself.
+    assert sizes[CPP_HELD] == 32 * MiB + 2 * 512
+    assert "mrv2.py:" in next(c for c in result.categories if c.name == CPP_HELD).detail
+    unexplained = {b.address for b in state.active_blocks() if b.size == 32 * MiB and b.pool == (0, 0)}
+    named = reconcile(state, storages, BASELINE, COLLECTED, workspaces=unexplained)
+    assert named.reserved_named_share > 0.99999

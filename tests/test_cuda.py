@@ -119,7 +119,7 @@ def test_cycles_growth_per_later_cycle(tmp_path, name):
     assert code == 1, output
     later = [c for c in seed["cycles"] if c["cycle"] > 1]
     for cycle in later:
-        assert cycle["nvml_growth_bytes"] == pytest.approx(cycle["leaked_bytes"], rel=0.05)
+        assert cycle["nvml_growth_bytes"] == pytest.approx(cycle["leaked_reserved_bytes"], rel=0.05)
     code, fixed, output = run_json(tmp_path, EXAMPLES / f"{name}-fixed{suffix}.yaml", "--cycles", "3")
     assert code == 0, output
     model_bytes = seed["cycles"][-1]["leaked_bytes"]

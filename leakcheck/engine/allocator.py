@@ -140,16 +140,17 @@ def _frames(raw: Iterable[dict] | None) -> list[Frame]:
 
 
 def start_history(max_entries: int = HISTORY_ENTRIES) -> str | None:
-    """Record allocation stacks from now on; returns why it could not, or None.
+    """Record the allocation stack of every live block from now on; returns why not, or None.
 
-    Uses the current API (torch >= 2.1) with Python stacks only, which is cheap, and the
-    older `enabled=True` form where that is all the installed torch offers.
+    `enabled="state"` keeps a stack per live block and no event history, so snapshots stay
+    cheap however long the runner runs; Python stacks only. Older torch (< 2.1) offers only
+    the `enabled=True` form, with a bounded history.
     """
     record = getattr(torch.cuda.memory, "_record_memory_history", None)
     if record is None:
         return f"torch {torch.__version__} cannot record allocation history"
     try:
-        record(enabled="all", context="alloc", stacks="python", max_entries=max_entries)
+        record(enabled="state", context="alloc", stacks="python", max_entries=max_entries)
     except TypeError:
         try:
             record(True, trace_alloc_max_entries=max_entries, trace_alloc_record_context=True)

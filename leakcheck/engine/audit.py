@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from leakcheck.engine.allocator import AllocatorState, site_label
+from leakcheck.engine.allocator import DEFAULT_POOL, AllocatorState, site_label
 from leakcheck.engine.heap import TypeIndex, build_graph, collector_paused, reveal_frozen_objects
 from leakcheck.engine.owners import Leaked, effective_owners, find_owners
 from leakcheck.engine.roots import capture_live_frames, frame_references, index_roots
@@ -141,19 +141,29 @@ class _Found:
         return self.info[slot]
 
     def weigh(self, allocator: AllocatorState | None) -> Leaked:
-        """Bytes per storage; a pool counts what it reserves beyond the leaked tensors inside it."""
+        """Bytes per storage; a pool counts what it reserves beyond the leaked tensors inside it.
+
+        `reserved` is what the device gets back when a storage goes: its allocator block, plus
+        its share of the free space in segments that only leaked blocks keep from being released.
+        """
         inside: dict[tuple[int, int], int] = {}
+        by_block: dict[int, dict] = {}
         for meta in self.info:
+            meta["reserved"] = meta["nbytes"]
             block = allocator.block_at(meta["address"]) if allocator and meta["kind"] == "tensor" else None
             if block is not None and not meta["pinned"]:
                 meta["pool"] = list(block.pool)
                 meta["allocated_at"] = site_label(block.frames)
+                meta["reserved"] = block.size
                 inside[block.pool] = inside.get(block.pool, 0) + block.size
+                by_block[block.address] = meta
+        if allocator is not None:
+            _share_pinned_segments(allocator, by_block)
         reserved = allocator.pools() if allocator else {}
         for meta in self.info:
             if meta["kind"] != "tensor":
                 pool = tuple(meta["pool"])
-                meta["nbytes"] = max(reserved.get(pool, 0) - inside.get(pool, 0), 0)
+                meta["nbytes"] = meta["reserved"] = max(reserved.get(pool, 0) - inside.get(pool, 0), 0)
                 meta["idle"] = allocator is not None and allocator.pool_active(pool) == 0
                 meta["allocated_at"] = site_label(allocator.pool_frames(pool)) if allocator else None
         return Leaked(
@@ -161,6 +171,19 @@ class _Found:
             storage=np.array(self.slots, dtype=np.int64),
             nbytes=np.array([m["nbytes"] for m in self.info], dtype=np.int64),
         )
+
+
+def _share_pinned_segments(allocator: AllocatorState, by_block: dict[int, dict]) -> None:
+    """Free space in a segment whose only live blocks are leaked cannot go back to the device
+    (`empty_cache()` releases whole segments): charge it to those blocks, by size."""
+    for segment in allocator.segments:
+        active = [b for b in segment.blocks if b.active]
+        if not active or segment.pool != DEFAULT_POOL or not all(b.address in by_block for b in active):
+            continue
+        used = sum(b.size for b in active)
+        spare = segment.total_size - used
+        for block in active:
+            by_block[block.address]["reserved"] += spare * block.size // used
 
 
 def _find_storages(objects: list, nodes: np.ndarray, device: str, exclude: set[StorageKey], pinned: bool) -> _Found:
@@ -293,6 +316,7 @@ def _summarize(device, leaked, storages, ownership, heap_objects, heap_edges, ba
                 tensors=meta["tensors"],
                 collectable=collectable,
                 allocated_at=meta.get("allocated_at"),
+                reserved_bytes=meta["reserved"],
                 kind=meta["kind"],
                 pool=meta["pool"],
                 pinned=meta["pinned"],

@@ -9,7 +9,7 @@ context growth, lazily loaded kernel modules, cuBLAS handles, NCCL, other librar
 from __future__ import annotations
 
 from leakcheck.engine.allocator import DEFAULT_POOL, AllocatorState, site_label
-from leakcheck.report.model import Audit, Category, MemorySample, Reconciliation
+from leakcheck.report.model import Category, MemorySample, Reconciliation, Storage
 
 LEAKED_TENSORS = "leaked tensors"
 GRAPH_POOLS = "CUDA graph and memory pools"
@@ -25,18 +25,19 @@ NAMED = {LEAKED_TENSORS, GRAPH_POOLS, ORPHAN_POOLS, WORKSPACES, CACHE}
 
 def reconcile(
     state: AllocatorState,
-    audit: Audit,
+    storages: list[Storage],
     baseline: MemorySample,
     collected: MemorySample,
     workspaces: set[int] | None = None,
 ) -> Reconciliation:
     """Split the allocator's reserved bytes, then NVML's growth since baseline, into categories.
 
-    state: the allocator after `collected`. workspaces: addresses of blocks that clearing
-    cuBLAS workspaces released (None when that could not be done).
+    state: the allocator after `collected`. storages: what the audits found (every cycle's,
+    since every runner is still alive). workspaces: addresses of blocks that clearing cuBLAS
+    workspaces released (None when that could not be done).
     """
-    leaked = {s.address for s in audit.storages if s.kind == "tensor" and not s.pinned and not s.collectable}
-    owned_pools = {tuple(s.pool) for s in audit.storages if s.kind != "tensor" and s.pool and not s.collectable}
+    leaked = {s.address for s in storages if s.kind == "tensor" and not s.pinned and not s.collectable}
+    owned_pools = {tuple(s.pool) for s in storages if s.kind != "tensor" and s.pool and not s.collectable}
     sizes = dict.fromkeys((LEAKED_TENSORS, GRAPH_POOLS, ORPHAN_POOLS, WORKSPACES, CPP_HELD, CACHE), 0)
     sites: dict[str, dict[str, int]] = {CPP_HELD: {}}
     for segment in state.segments:

@@ -68,11 +68,14 @@ def resolve_device(requested: str, where: str) -> str:
 
 
 def _initialise(device: str) -> None:
-    """Create the CUDA context before baseline, so its cost is not charged to the runner."""
+    """Create the CUDA context before baseline, so its cost is not charged to the runner, and
+    give back what the allocator caches, so earlier work in this process does not hide growth."""
     if device.startswith("cuda"):
         torch.cuda.set_device(device)
         torch.cuda.init()
         torch.cuda.synchronize(device)
+        gc.collect()
+        torch.cuda.empty_cache()
 
 
 def load_factory(config: Config) -> Callable[..., Any]:
@@ -288,4 +291,5 @@ def _reconcile(device: str, result: Lifecycle) -> Reconciliation | None:
         workspaces = before - after
         result.notes.append("leakcheck freed torch's cuBLAS workspaces after the last phase, to tell them apart")
     baseline = next(m for m in result.memory if m.phase == "baseline")
-    return reconcile(state, result.audit, baseline, result.memory[-1], workspaces)
+    storages = [storage for audit in result.audits for storage in audit.storages]  # every runner is alive
+    return reconcile(state, storages, baseline, result.memory[-1], workspaces)

@@ -47,7 +47,7 @@ def build_report(
     if found is not None:
         for owner in found.owners:
             owner.allowed = is_allowed(owner.path, patterns)
-        report.leaked_bytes, report.allowed_bytes = leaked_and_allowed(found, patterns)
+        report.leaked_bytes, report.allowed_bytes, report.leaked_reserved_bytes = leaked_and_allowed(found, patterns)
         report.held_bytes = found.held_bytes
         report.pinned_bytes = found.pinned_bytes
         report.sites = found.sites
@@ -69,17 +69,19 @@ def build_report(
     return report
 
 
-def leaked_and_allowed(audit: Audit, patterns: list[str]) -> tuple[int, int]:
-    """Device bytes some unallowed holder pins, and bytes only allowed holders pin."""
-    leaked = allowed = 0
+def leaked_and_allowed(audit: Audit, patterns: list[str]) -> tuple[int, int, int]:
+    """Device bytes some unallowed holder pins, bytes only allowed holders pin, and the first
+    as reserved allocator memory (blocks plus the segment space only they keep)."""
+    leaked = allowed = reserved = 0
     for storage in audit.storages:
         if storage.collectable or storage.pinned:
             continue
         if any(not is_allowed(path, patterns) for path in storage.owners):
             leaked += storage.nbytes
+            reserved += storage.reserved_bytes or storage.nbytes
         else:
             allowed += storage.nbytes
-    return leaked, allowed
+    return leaked, allowed, reserved
 
 
 def cycle_summaries(lifecycle: Lifecycle, patterns: list[str]) -> list[Cycle]:
@@ -89,12 +91,14 @@ def cycle_summaries(lifecycle: Lifecycle, patterns: list[str]) -> list[Cycle]:
     cycles = []
     for index, (start, end) in enumerate(zip(starts, ends), start=1):
         audit = lifecycle.audits[index - 1] if index - 1 < len(lifecycle.audits) else None
+        leaked, _, reserved = leaked_and_allowed(audit, patterns) if audit else (0, 0, 0)
         cycles.append(
             Cycle(
                 cycle=index,
                 nvml_growth_bytes=_difference(end.nvml_process_bytes, start.nvml_process_bytes),
                 torch_reserved_growth_bytes=_difference(end.torch_reserved_bytes, start.torch_reserved_bytes),
-                leaked_bytes=leaked_and_allowed(audit, patterns)[0] if audit else 0,
+                leaked_bytes=leaked,
+                leaked_reserved_bytes=reserved,
             )
         )
     return cycles

@@ -62,6 +62,7 @@ class Storage:
     pool: list[int] | None = None  # the allocator pool it lives in (a pool's own id for pools)
     pinned: bool = False  # pinned host memory, reported apart from device bytes
     idle: bool = False  # a pool that reserves memory with no live allocation in it
+    reserved_bytes: int = 0  # what the device gets back when it goes (its block, and segment space only it pins)
 
 
 @dataclass
@@ -146,6 +147,7 @@ class Cycle:
     nvml_growth_bytes: int | None  # NVML at this cycle's `collected` minus the previous one (or baseline)
     torch_reserved_growth_bytes: int | None
     leaked_bytes: int  # what the audit attributes to this cycle's runner
+    leaked_reserved_bytes: int = 0  # the same, as allocator segments the device cannot get back
 
 
 @dataclass
@@ -168,6 +170,7 @@ class Report:
     allowed_bytes: int = 0
     cycle_bytes: int = 0
     pinned_bytes: int = 0
+    leaked_reserved_bytes: int = 0  # leaked bytes as the device sees them: blocks and the segment space they pin
     max_nvml_growth_bytes: int | None = None
     nvml_growth_bytes: int | None = None  # since baseline; per later cycle when cycles > 1
     owners: list[Owner] = field(default_factory=list)
