@@ -70,11 +70,16 @@ def main() -> None:
     result = audit(runner, "cuda:0", baseline, caller_frames=False)
     snapshot = torch.cuda.memory._snapshot()
     graphs = [list(g.pool()) for g in runner.cudagraph_manager.graphs.values()]
+    active = {b["address"] for s in snapshot["segments"] for b in s["blocks"] if b["state"] == "active_allocated"}
+    torch._C._cuda_clearCublasWorkspaces()
+    after = torch.cuda.memory._snapshot()["segments"]
+    workspaces = sorted(active - {b["address"] for s in after for b in s["blocks"] if b["state"] == "active_allocated"})
     stop_history()
     recording = {
         "recorded_on": {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__},
         "snapshot": trim_snapshot(snapshot),
         "graph_pools": graphs,
+        "workspaces": workspaces,  # blocks torch._C._cuda_clearCublasWorkspaces() released
         "storages": [s.__dict__ for s in result.storages],
         "owners": [
             {"path": o.path, "reachable_bytes": o.reachable_bytes, "retained_bytes": o.retained_bytes}

@@ -66,6 +66,8 @@ def _summary(report: Report) -> Panel:
         line.append("shutdown() released everything it allocated on the device")
     line.append(f"   limit {format_bytes(report.max_leaked_bytes)}")
     details = []
+    if report.leaked_reserved_bytes > report.leaked_bytes:
+        details.append(f"{format_bytes(report.leaked_reserved_bytes)} of allocator segments the device cannot get back")
     if holders:
         details.append(f"{len(holders)} holder(s), {len(report.storages)} storage(s)")
     if report.allowed_bytes:
@@ -96,12 +98,14 @@ def _cycles_table(report: Report) -> Table:
     table.add_column("NVML growth", justify="right")
     table.add_column("torch reserved growth", justify="right")
     table.add_column("leaked (audited)", justify="right")
+    table.add_column("as reserved segments", justify="right")
     for cycle in report.cycles:
         table.add_row(
             str(cycle.cycle),
             format_delta(cycle.nvml_growth_bytes),
             format_delta(cycle.torch_reserved_growth_bytes),
             format_bytes(cycle.leaked_bytes),
+            format_bytes(cycle.leaked_reserved_bytes),
         )
     table.caption = f"growth per later cycle: {format_delta(report.nvml_growth_bytes)}" + (
         f" (limit {format_bytes(report.max_nvml_growth_bytes)})" if report.max_nvml_growth_bytes is not None else ""
