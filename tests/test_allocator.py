@@ -203,11 +203,11 @@ def test_pool_weighing_replays_the_recording(live):
     assert not pool["idle"]
     # What the device gets back: whole segments that only leaked blocks keep, nothing more.
     tensors = [m for m in found.info if m["kind"] == "tensor"]
-    leaked = {m["address"] for m in tensors}
+    leaked_addresses = {m["address"] for m in tensors}
     returned = 0
     for segment in state.segments:
         active = [b.address for b in segment.blocks if b.active]
-        if segment.pool == (0, 0) and active and set(active) <= leaked:
+        if segment.pool == (0, 0) and active and set(active) <= leaked_addresses:
             returned += segment.total_size
     assert returned > 0
     assert sum(m["reserved"] for m in tensors) == pytest.approx(returned, abs=len(tensors))  # integer shares
