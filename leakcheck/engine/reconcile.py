@@ -23,6 +23,26 @@ OUTSIDE = "outside PyTorch's allocator"
 NAMED = {LEAKED_TENSORS, GRAPH_POOLS, ORPHAN_POOLS, WORKSPACES, CACHE}
 
 
+def pinned_by_leaks(state: AllocatorState, storages: list[Storage]) -> int:
+    """Reserved bytes the device would get back if every leaked storage went.
+
+    `empty_cache()` releases whole segments: a segment counts when every live block in it is a
+    leaked tensor, and a private pool counts when a leaked graph or MemPool owns it. Measured
+    on one snapshot for all cycles' leaks together, so a cycle's share is the difference.
+    """
+    leaked = {s.address for s in storages if s.kind == "tensor" and not s.pinned and not s.collectable}
+    owned_pools = {tuple(s.pool) for s in storages if s.kind != "tensor" and s.pool and not s.collectable}
+    total = 0
+    for segment in state.segments:
+        if segment.pool != DEFAULT_POOL:
+            total += segment.total_size if segment.pool in owned_pools else 0
+            continue
+        active = [b.address for b in segment.blocks if b.active]
+        if active and leaked.issuperset(active):
+            total += segment.total_size
+    return total
+
+
 def reconcile(
     state: AllocatorState,
     storages: list[Storage],

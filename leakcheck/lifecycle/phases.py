@@ -27,7 +27,7 @@ import torch
 from leakcheck.config import Config, ConfigError
 from leakcheck.engine.allocator import AllocatorState, start_history, stop_history
 from leakcheck.engine.audit import audit
-from leakcheck.engine.reconcile import reconcile
+from leakcheck.engine.reconcile import pinned_by_leaks, reconcile
 from leakcheck.engine.tensors import take_baseline
 from leakcheck.probes import MemoryProbes
 from leakcheck.report.model import Audit, MemorySample, Reconciliation, RunError
@@ -45,6 +45,7 @@ class Lifecycle:
     audit: Audit | None = None  # the last cycle's
     audits: list[Audit] = field(default_factory=list)  # one per cycle
     reconciliation: Reconciliation | None = None
+    pinned_segments: list[int] = field(default_factory=list)  # per cycle: segments all leaks so far pin
     error: RunError | None = None
     notes: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
@@ -205,6 +206,9 @@ def run_lifecycle(config: Config, progress: Progress | None = None) -> Lifecycle
         if on_cuda:
             torch.cuda.empty_cache()
         result.memory.append(probes.sample("collected", cycle))
+        if on_cuda:
+            leaks = [storage for audit in result.audits for storage in audit.storages]
+            result.pinned_segments.append(pinned_by_leaks(AllocatorState.capture(device), leaks))
         if result.error is not None:
             break
 

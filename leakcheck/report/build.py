@@ -59,6 +59,8 @@ def build_report(
         report.heap_objects = found.heap_objects
         report.notes.extend(found.notes)
     report.cycles = cycle_summaries(lifecycle, patterns)
+    if report.cycles and lifecycle.pinned_segments:
+        report.leaked_reserved_bytes = report.cycles[-1].leaked_reserved_bytes
     report.nvml_growth_bytes = nvml_growth(report)
     if report.error is not None:
         report.verdict = "error"
@@ -92,6 +94,9 @@ def cycle_summaries(lifecycle: Lifecycle, patterns: list[str]) -> list[Cycle]:
     for index, (start, end) in enumerate(zip(starts, ends), start=1):
         audit = lifecycle.audits[index - 1] if index - 1 < len(lifecycle.audits) else None
         leaked, _, reserved = leaked_and_allowed(audit, patterns) if audit else (0, 0, 0)
+        pinned = lifecycle.pinned_segments
+        if index <= len(pinned):  # measured on the device: segments this cycle's leaks added
+            reserved = pinned[index - 1] - (pinned[index - 2] if index > 1 else 0)
         cycles.append(
             Cycle(
                 cycle=index,
