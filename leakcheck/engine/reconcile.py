@@ -65,12 +65,12 @@ def reconcile(
         for block in segment.blocks:
             if block.active and block.address in leaked:
                 sizes[LEAKED_TENSORS] += block.size
+            elif block.active and workspaces is not None and block.address in workspaces:
+                sizes[WORKSPACES] += block.size  # also one made while capturing, inside a graph's pool
             elif private:
                 sizes[GRAPH_POOLS if segment.pool in owned_pools else ORPHAN_POOLS] += block.size
             elif not block.active:
                 sizes[CACHE] += block.size
-            elif workspaces is not None and block.address in workspaces:
-                sizes[WORKSPACES] += block.size
             else:
                 sizes[CPP_HELD] += block.size
                 label = site_label(block.frames) or "<no allocation stack>"
