@@ -115,18 +115,11 @@ def bare_pass() -> float:
     return time.perf_counter() - started
 
 
-def rss_now() -> int:
+def status_bytes(field: str) -> int:
+    """A memory figure of this process from /proc/self/status (VmRSS, VmHWM), in bytes."""
     with open("/proc/self/status") as status:
         for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def peak_rss() -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
     return 0
 
@@ -159,12 +152,12 @@ def main() -> None:
     for attempt in range(3):
         gc.collect()
         measured = attempt == 0 and reset_peak()
-        before = rss_now()
+        before = status_bytes("VmRSS")
         started = time.perf_counter()
         result = audit(runner, "cpu", baseline, caller_frames=False)
         audits.append(time.perf_counter() - started)
         if measured:
-            extra_per_object = (peak_rss() - before) / heap
+            extra_per_object = (status_bytes("VmHWM") - before) / heap
     full = min(audits)
 
     tensors = [p for p in runner.model_state.model.parameters()][: args.objgraph_samples]

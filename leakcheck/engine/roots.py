@@ -17,7 +17,6 @@ import threading
 import types
 from collections.abc import Iterator, MutableMapping, MutableSequence, MutableSet
 from dataclasses import dataclass, field
-from functools import cached_property
 
 import numpy as np
 import torch
@@ -225,10 +224,6 @@ class RootIndex:
     graph: HeapGraph
     stop: np.ndarray
     containers: dict[int, RootContainer] = field(default_factory=dict)
-
-    @cached_property
-    def container_nodes(self) -> np.ndarray:
-        return np.fromiter(self.containers.keys(), dtype=np.int64, count=len(self.containers))
 
 
 def index_roots(
