@@ -179,7 +179,8 @@ def test_every_leaked_storage_is_an_allocated_block(live):
     for storage in tensors:
         block = state.block_at(storage["address"])
         assert block is not None and block.active and block.size >= storage["nbytes"]
-        assert site_label(block.frames) == storage["allocated_at"]
+        # Recorded on another machine: the path prefix differs, the file and line do not.
+        assert site_label(block.frames).endswith(storage["allocated_at"])
     assert sum(s["nbytes"] for s in tensors) <= live["allocated"] <= state.reserved() == live["reserved"]
 
 
@@ -199,7 +200,7 @@ def test_pool_weighing_replays_the_recording(live):
     pool = next(m for m in found.info if m["kind"] == "graph_pool")
     recorded = next(s for s in live["storages"] if s["kind"] == "graph_pool")
     assert pool["nbytes"] == recorded["nbytes"] == 35_636_224
-    assert pool["allocated_at"] == recorded["allocated_at"]
+    assert pool["allocated_at"].endswith(recorded["allocated_at"])
     assert not pool["idle"]
     # What the device gets back: whole segments that only leaked blocks keep, nothing more.
     tensors = [m for m in found.info if m["kind"] == "tensor"]

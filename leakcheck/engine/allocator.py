@@ -212,7 +212,7 @@ def site_label(frames: list[Frame]) -> str | None:
 
 def _short(path: str) -> str:
     """Paths relative to the working directory or a sys.path entry, as a developer reads them."""
-    absolute = os.path.abspath(path)
+    absolute = os.path.normpath(os.path.abspath(path))
     bases = sorted({os.getcwd(), *(p for p in sys.path if p)}, key=len, reverse=True)
     for base in bases:
         base = os.path.join(os.path.abspath(base), "")
