@@ -110,6 +110,29 @@ def run(
     raise typer.Exit(exit_code(report))
 
 
+@app.command()
+def show(
+    report_path: Path = typer.Argument(..., metavar="REPORT", help="A JSON report written by `run --json`."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show the runner's traceback, if any."),
+) -> None:
+    """Render a saved JSON report (a CI artifact, say) as the terminal report."""
+    import json
+
+    from leakcheck.renderers.terminal import render
+    from leakcheck.report.model import Report
+
+    try:
+        report = Report.from_dict(json.loads(report_path.read_text(encoding="utf-8")))
+    except FileNotFoundError:
+        raise _fail(f"{report_path}: no such file") from None
+    except (ValueError, TypeError, KeyError) as exc:
+        raise _fail(f"{report_path}: not a leakcheck JSON report: {exc}") from None
+    out = Console()
+    if not out.is_terminal and "COLUMNS" not in os.environ:
+        out = Console(width=120)
+    render(report, out, verbose=verbose)
+
+
 def main() -> None:
     app(prog_name="leakcheck")
 

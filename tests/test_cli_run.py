@@ -224,3 +224,36 @@ def test_console_script_runs_the_shipped_example(tmp_path):
 def test_version():
     result = CliRunner().invoke(app, ["--version"])
     assert result.exit_code == 0 and result.output.strip() == f"leakcheck {leakcheck.__version__}"
+
+
+def test_show_renders_a_saved_report(tmp_path):
+    code, report, output = run_json(tmp_path, SEED)
+    shown = CliRunner().invoke(app, ["show", str(tmp_path / "report.json")])
+    assert shown.exit_code == 0
+    for text in ("FAIL", "runner.model_state", "What shutdown() must release", "del self.speculator"):
+        assert text in shown.output
+
+
+def test_show_rejects_what_is_not_a_report(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"schema_version": 99}')
+    result = CliRunner().invoke(app, ["show", str(bad)])
+    assert result.exit_code == 2 and "not a leakcheck JSON report: schema_version 99" in result.output
+    result = CliRunner().invoke(app, ["show", str(tmp_path / "none.json")])
+    assert result.exit_code == 2 and "no such file" in result.output
+
+
+def test_show_renders_a_recorded_cuda_report():
+    """A report recorded on an H200: the CUDA sections render from JSON alone."""
+    recorded = Path(__file__).parent / "fixtures" / "h200-hf-llama-seed.report.json"
+    shown = CliRunner().invoke(app, ["show", str(recorded)], env={"COLUMNS": "150"})
+    assert shown.exit_code == 0, shown.output
+    for text in (
+        "NVIDIA H200",
+        "Where the leaked bytes were allocated",
+        "hf_llama.py:75 in load_model",
+        "Where the memory went",
+        "cuBLAS workspaces",
+        "graph",
+    ):
+        assert text in shown.output, text

@@ -128,8 +128,8 @@ def _reconciliation_table(report: Report) -> Table:
     rec = report.reconciliation
     assert rec is not None
     title = "Where the memory went, after collected"
-    table = Table(title=title, title_justify="left", title_style="bold", expand=True)
-    table.add_column("category", ratio=1, overflow="fold")
+    table = Table(title=title, title_justify="left", title_style="bold")
+    table.add_column("category", overflow="fold")
     table.add_column("bytes", justify="right", no_wrap=True)
     for category in rec.categories:
         name = category.name + (f"\n  {category.detail}" if category.detail else "")
@@ -143,7 +143,8 @@ def _reconciliation_table(report: Report) -> Table:
 
 
 def _memory_table(samples: list[MemorySample]) -> Table:
-    table = Table(title="Memory by phase", title_justify="left", title_style="bold")
+    """Each figure with its change since baseline beside it, dimmed."""
+    table = Table(title="Memory by phase (change since baseline)", title_justify="left", title_style="bold")
     columns = [
         ("NVML process", "nvml_process_bytes"),
         ("NVML device", "nvml_device_bytes"),
@@ -152,19 +153,22 @@ def _memory_table(samples: list[MemorySample]) -> Table:
         ("RSS", "rss_bytes"),
     ]
     present = [(title, attr) for title, attr in columns if any(getattr(s, attr) is not None for s in samples)]
-    table.add_column("phase")
+    table.add_column("phase", no_wrap=True)
     cycles = len({s.cycle for s in samples}) > 1
     for title, _ in present:
-        table.add_column(title, justify="right")
-        table.add_column("Δ baseline", justify="right", style="dim")
+        table.add_column(title, justify="right", no_wrap=True)
     base = samples[0] if samples else None
     for sample in samples:
-        row = [f"{sample.phase} #{sample.cycle}" if cycles and sample.phase != "baseline" else sample.phase]
+        row: list[Text | str] = [
+            f"{sample.phase} #{sample.cycle}" if cycles and sample.phase != "baseline" else sample.phase
+        ]
         for _, attr in present:
             value = getattr(sample, attr)
             start = getattr(base, attr) if base else None
-            row.append(format_bytes(value))
-            row.append(format_delta(value - start) if value is not None and start is not None else "n/a")
+            cell = Text(format_bytes(value))
+            if value is not None and start is not None and sample is not base:
+                cell.append(f" {format_delta(value - start)}", style="dim")
+            row.append(cell)
         table.add_row(*row)
     return table
 

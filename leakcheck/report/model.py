@@ -7,6 +7,7 @@ contract (schema_version 1), so fields are only ever added, never renamed.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from dataclasses import fields as dataclass_fields
 from typing import Any
 
 SCHEMA_VERSION = 1
@@ -195,3 +196,29 @@ class Report:
         ordered = {"schema_version": data.pop("schema_version")}
         ordered.update(data)
         return ordered
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Report:
+        """Read a JSON report back (keys a newer leakcheck added are ignored)."""
+        if data.get("schema_version") != SCHEMA_VERSION:
+            raise ValueError(f"schema_version {data.get('schema_version')!r}, this leakcheck reads {SCHEMA_VERSION}")
+        fields = _known(cls, data)
+        fields["owners"] = [Owner(**_known(Owner, o)) for o in data.get("owners", [])]
+        fields["storages"] = [Storage(**_known(Storage, s)) for s in data.get("storages", [])]
+        fields["shared"] = [SharedHold(**_known(SharedHold, g)) for g in data.get("shared", [])]
+        fields["sites"] = [Site(**_known(Site, s)) for s in data.get("sites", [])]
+        fields["memory"] = [MemorySample(**_known(MemorySample, m)) for m in data.get("memory", [])]
+        fields["audit_memory"] = [MemorySample(**_known(MemorySample, m)) for m in data.get("audit_memory", [])]
+        fields["cycles"] = [Cycle(**_known(Cycle, c)) for c in data.get("cycles", [])]
+        if data.get("error"):
+            fields["error"] = RunError(**_known(RunError, data["error"]))
+        if data.get("reconciliation"):
+            rec = _known(Reconciliation, data["reconciliation"])
+            rec["categories"] = [Category(**_known(Category, c)) for c in rec.get("categories", [])]
+            fields["reconciliation"] = Reconciliation(**rec)
+        return cls(**fields)
+
+
+def _known(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    names = {f.name for f in dataclass_fields(cls)}
+    return {key: value for key, value in data.items() if key in names}
