@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import sys
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import scipy.sparse as sp
@@ -195,41 +195,42 @@ def find_owners(
         for members in _garbage_cycles(sub, garbage):
             kinds = sorted({type(objects[m]).__name__ for m in members.tolist()})
             label = f"<garbage cycle of {members.size} objects: {', '.join(kinds[:4])}>"
-            if frozen is not None and frozen[members].any():
-                handle = Handle(
-                    label,
-                    FROZEN_GARBAGE,
-                    None,
-                    evaluable=False,
-                    detail="frozen by gc.freeze(): gc.collect() never frees it",
-                    fix="# break the reference cycle before gc.freeze(), or gc.unfreeze(); gc.collect()",
-                )
-            else:
-                handle = Handle(
-                    label,
-                    CYCLE,
-                    None,
-                    evaluable=False,
-                    detail="freed by gc.collect()",
-                    fix="gc.collect()  # or break the reference cycle",
-                )
-            visit(handle, sub.local[members], prefix_evaluable=False)
+            is_frozen = frozen is not None and bool(frozen[members].any())
+            visit(_cycle_handle(label, is_frozen), sub.local[members], prefix_evaluable=False)
     del unexplained
 
     _untracked(graph, leaked, untracked, holders, owner_sets, example)
     _unattributed(graph, leaked, holders, owner_sets, example)
     for holder in holders:
-        if any(note.startswith("closure variable") for note in holder.notes) and holder.handle.kind != CYCLE:
-            if all(".__closure__[" in path for _, path, _ in holder.examples):
-                holder.handle = Handle(
-                    holder.handle.path,
-                    CLOSURE,
-                    holder.handle.target,
-                    holder.handle.evaluable,
-                    "; ".join(holder.notes),
-                    holder.handle.fix,
-                )
+        # A holder that pins tensors only through a function's cells is a closure.
+        closure = any(note.startswith("closure variable") for note in holder.notes)
+        if (
+            closure
+            and holder.handle.kind not in (CYCLE, FROZEN_GARBAGE)
+            and all(".__closure__[" in path for _, path, _ in holder.examples)
+        ):
+            holder.handle = replace(holder.handle, kind=CLOSURE, detail="; ".join(holder.notes))
     return Ownership(holders=holders, owner_sets=owner_sets, example=example)
+
+
+def _cycle_handle(label: str, frozen: bool) -> Handle:
+    if frozen:
+        return Handle(
+            label,
+            FROZEN_GARBAGE,
+            None,
+            evaluable=False,
+            detail="frozen by gc.freeze(): gc.collect() never frees it",
+            fix="# break the reference cycle before gc.freeze(), or gc.unfreeze(); gc.collect()",
+        )
+    return Handle(
+        label,
+        CYCLE,
+        None,
+        evaluable=False,
+        detail="freed by gc.collect()",
+        fix="gc.collect()  # or break the reference cycle",
+    )
 
 
 def unexplained_references(graph: HeapGraph, nodes: np.ndarray) -> np.ndarray:
