@@ -65,7 +65,6 @@ class AllocatorState:
 
     device: int
     segments: list[Segment]
-    trace_entries: int = 0
     history: bool = False  # whether blocks carry allocation stacks
     _starts: list[int] = field(default_factory=list, repr=False)
     _blocks: list[Block] = field(default_factory=list, repr=False)
@@ -84,9 +83,7 @@ class AllocatorState:
                 blocks.append(Block(start, block["size"], block["state"], pool, _frames(block.get("frames"))))
                 address = start + block["size"]
             segments.append(Segment(raw["address"], raw["total_size"], pool, blocks, _frames(raw.get("frames"))))
-        traces = snapshot.get("device_traces") or []
-        entries = len(traces[device]) if device < len(traces) else 0
-        state = cls(device=device, segments=segments, trace_entries=entries)
+        state = cls(device=device, segments=segments)
         state._blocks = sorted((b for s in segments for b in s.blocks), key=lambda b: b.address)
         state._starts = [b.address for b in state._blocks]
         state.history = any(b.frames for b in state._blocks if b.active)

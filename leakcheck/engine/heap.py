@@ -162,9 +162,6 @@ class HeapGraph:
         """Node index for each address, -1 where the object is not in the graph."""
         return self.addresses.lookup(ids)
 
-    def index_of(self, obj: object) -> int:
-        return int(self.lookup(np.array([id(obj)], dtype=np.int64))[0])
-
     def parents(self, nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(child, parent) pairs for every reference into `nodes`."""
         return expand(self.rev_indptr, self.rev_indices, nodes)

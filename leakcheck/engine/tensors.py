@@ -27,14 +27,6 @@ def normalize_device(device: str | torch.device) -> str:
     return str(dev)
 
 
-def tensor_device(tensor: torch.Tensor) -> str | None:
-    try:
-        dev = tensor.device
-    except Exception:
-        return None
-    return str(dev)
-
-
 def is_pinned_tensor(tensor: torch.Tensor) -> bool:
     try:
         return bool(tensor.is_pinned())
