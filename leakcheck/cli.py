@@ -41,6 +41,14 @@ def _root(
     """leakcheck: find what shutdown() forgot to release."""
 
 
+def _report_console() -> Console:
+    """Standard output; 120 columns in CI logs (no terminal, no COLUMNS), wide enough for paths."""
+    out = Console()
+    if not out.is_terminal and "COLUMNS" not in os.environ:
+        out = Console(width=120)
+    return out
+
+
 def _fail(message: str) -> typer.Exit:
     Console(stderr=True).print(f"[bold red]leakcheck: error:[/bold red] {message}", highlight=False, soft_wrap=True)
     return typer.Exit(EXIT_USAGE)
@@ -68,9 +76,7 @@ def run(
     from leakcheck.renderers.terminal import render
     from leakcheck.report.build import build_report, exit_code
 
-    out = Console()
-    if not out.is_terminal and "COLUMNS" not in os.environ:
-        out = Console(width=120)  # CI logs: wide enough for example paths
+    out = _report_console()
     status_console = Console(stderr=True)
     try:
         limit = parse_size(max_leaked) if max_leaked is not None else None
@@ -127,10 +133,7 @@ def show(
         raise _fail(f"{report_path}: no such file") from None
     except (ValueError, TypeError, KeyError) as exc:
         raise _fail(f"{report_path}: not a leakcheck JSON report: {exc}") from None
-    out = Console()
-    if not out.is_terminal and "COLUMNS" not in os.environ:
-        out = Console(width=120)
-    render(report, out, verbose=verbose)
+    render(report, _report_console(), verbose=verbose)
 
 
 def main() -> None:

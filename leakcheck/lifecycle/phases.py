@@ -30,7 +30,7 @@ from leakcheck.engine.audit import audit
 from leakcheck.engine.reconcile import pinned_by_leaks, reconcile
 from leakcheck.engine.tensors import take_baseline
 from leakcheck.probes import MemoryProbes
-from leakcheck.report.model import Audit, MemorySample, Reconciliation, RunError
+from leakcheck.report.model import Audit, MemorySample, Reconciliation, RunError, Storage
 
 Progress = Callable[[str], None]
 
@@ -46,6 +46,11 @@ class Lifecycle:
     audits: list[Audit] = field(default_factory=list)  # one per cycle
     reconciliation: Reconciliation | None = None
     pinned_segments: list[int] = field(default_factory=list)  # per cycle: segments all leaks so far pin
+
+    def storages(self) -> list[Storage]:
+        """What every cycle's audit found: each cycle's runner is still alive."""
+        return [storage for audit in self.audits for storage in audit.storages]
+
     error: RunError | None = None
     notes: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
@@ -207,8 +212,7 @@ def run_lifecycle(config: Config, progress: Progress | None = None) -> Lifecycle
             torch.cuda.empty_cache()
         result.memory.append(probes.sample("collected", cycle))
         if on_cuda:
-            leaks = [storage for audit in result.audits for storage in audit.storages]
-            result.pinned_segments.append(pinned_by_leaks(AllocatorState.capture(device), leaks))
+            result.pinned_segments.append(pinned_by_leaks(AllocatorState.capture(device), result.storages()))
         if result.error is not None:
             break
 
@@ -295,5 +299,4 @@ def _reconcile(device: str, result: Lifecycle) -> Reconciliation | None:
         workspaces = before - after
         result.notes.append("leakcheck freed torch's cuBLAS workspaces after the last phase, to tell them apart")
     baseline = next(m for m in result.memory if m.phase == "baseline")
-    storages = [storage for audit in result.audits for storage in audit.storages]  # every runner is alive
-    return reconcile(state, storages, baseline, result.memory[-1], workspaces)
+    return reconcile(state, result.storages(), baseline, result.memory[-1], workspaces)
