@@ -101,6 +101,9 @@ def run(
         raise _fail(str(exc)) from None
     except ValueError as exc:
         raise _fail(f"--device: {exc}") from None
+    except KeyboardInterrupt:
+        Console(stderr=True).print("[bold red]leakcheck: interrupted[/bold red]: no report was made")
+        raise typer.Exit(130) from None
     except Exception as exc:
         if verbose:
             raise

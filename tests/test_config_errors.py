@@ -220,3 +220,15 @@ def test_sizes_in_config(tmp_path):
     assert config.gate.max_leaked_bytes == 1_500_000_000
     with pytest.raises(ConfigError, match="unknown unit"):
         load_config(write(tmp_path, GOOD.replace("max_leaked_bytes: 0", "max_leaked_bytes: 3 bananas")))
+
+
+def test_interrupt_is_one_line_and_exit_130(tmp_path, monkeypatch):
+    path = write(tmp_path, GOOD)
+
+    def interrupted(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("leakcheck.lifecycle.phases.take_baseline", interrupted)
+    result = run_cli(str(path))
+    assert result.exit_code == 130
+    assert "leakcheck: interrupted" in (result.stderr or result.output) and "Traceback" not in result.output
