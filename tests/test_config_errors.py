@@ -116,6 +116,18 @@ CASES = [
         "runner.factory: expected 'module:callable'",
     ),
     ("missing runner", "name: x\ndevice: cpu\n", 1, "missing required key 'runner'"),
+    (
+        "zero cycles",
+        GOOD.replace("device: cpu", "device: cpu\ncycles: 0"),
+        3,
+        "cycles: Input should be greater than or equal to 1",
+    ),
+    (
+        "bad growth size",
+        GOOD.replace("max_leaked_bytes: 0", "max_leaked_bytes: 0\n  max_nvml_growth_bytes: 2 bananas"),
+        11,
+        "gate.max_nvml_growth_bytes: invalid size '2 bananas'",
+    ),
     ("missing factory", "runner:\n  args: {}\n", 1, "missing required key 'runner.factory'"),
     ("not a mapping", "- a\n- b\n", 1, "expected a mapping with at least a 'runner' key"),
     ("invalid yaml", "runner:\n  factory: [unclosed\n", 3, "invalid YAML"),
@@ -170,6 +182,11 @@ def test_bad_config_is_one_line_with_file_and_line(tmp_path, label, text, line, 
 def test_missing_file(tmp_path):
     error = one_line_error(run_cli(str(tmp_path / "nope.yaml")))
     assert error == f"leakcheck: error: {tmp_path / 'nope.yaml'}: config file not found"
+
+
+def test_bad_cli_cycles(tmp_path):
+    result = run_cli(str(write(tmp_path, GOOD)), "--cycles", "0")
+    assert result.exit_code == 2 and "--cycles" in result.output
 
 
 def test_bad_cli_size():
