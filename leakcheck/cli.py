@@ -7,7 +7,6 @@ Exit codes: 0 within the gate, 1 over it, 2 usage or config error, 3 the runner 
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from typing import Optional
 
@@ -144,4 +143,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

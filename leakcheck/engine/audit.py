@@ -118,7 +118,8 @@ def cuda_pool_types() -> tuple[type, ...]:
 def pool_id(holder: object) -> tuple[int, int] | None:
     """The private pool a CUDA graph or MemPool owns, as the allocator names it."""
     try:
-        pool = holder.pool() if callable(getattr(holder, "pool", None)) else getattr(holder, "id", None)
+        get_pool = getattr(holder, "pool", None)
+        pool = get_pool() if callable(get_pool) else getattr(holder, "id", None)
         return (int(pool[0]), int(pool[1])) if pool is not None else None
     except Exception:  # a graph not captured yet owns no pool
         return None

@@ -34,8 +34,9 @@ def _ids_by_memory(items: list) -> np.ndarray:
     if n == 0:
         return np.empty(0, dtype=np.int64)
     base = ctypes.c_void_p.from_address(id(items) + _OB_ITEM_OFFSET).value
-    buffer = (ctypes.c_int64 * n).from_address(base)
-    return np.frombuffer(buffer, dtype=np.int64, count=n).copy()
+    if base is None:  # pragma: no cover - a non-empty list always has an item array
+        return _ids_by_call(items)
+    return np.ctypeslib.as_array((ctypes.c_int64 * n).from_address(base)).copy()
 
 
 def _ids_by_call(items: list) -> np.ndarray:

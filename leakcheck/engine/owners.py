@@ -322,7 +322,7 @@ def _unattributed(
     orphan = [s for s in range(leaked.count) if not owner_sets[s]]
     if not orphan:
         return
-    first = {}
+    first: dict[int, int] = {}
     for position, storage in enumerate(leaked.storage.tolist()):
         first.setdefault(storage, position)
     handle = Handle(

@@ -40,9 +40,10 @@ def literal_key(key: object) -> str | None:
         return repr(key)  # "torch.float16": evaluates wherever torch is imported
     if isinstance(key, tuple):
         parts = [literal_key(k) for k in key]
-        if any(p is None for p in parts):
+        known = [p for p in parts if p is not None]
+        if len(known) != len(parts):
             return None
-        return "(" + ", ".join(parts) + ("," if len(parts) == 1 else "") + ")"
+        return "(" + ", ".join(known) + ("," if len(known) == 1 else "") + ")"
     return None
 
 

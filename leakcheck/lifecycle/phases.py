@@ -115,7 +115,7 @@ def load_factory(config: Config) -> Callable[..., Any]:
 
 def _check_methods(config: Config, runner: object) -> None:
     """A misspelt warm-up or shutdown method is a config error, found before anything runs."""
-    wanted = [(("runner", "shutdown"), config.runner.shutdown)]
+    wanted: list[tuple[tuple[Any, ...], str]] = [(("runner", "shutdown"), config.runner.shutdown)]
     wanted += [(("warmup", i, "call"), call.call) for i, call in enumerate(config.warmup)]
     for loc, name in wanted:
         if not callable(getattr(runner, name, None)):
@@ -153,10 +153,10 @@ def _factory_kwargs(factory: Callable[..., Any], args: dict[str, Any], device: s
     kwargs = dict(args)
     if "device" not in kwargs:
         try:
-            parameters = inspect.signature(factory).parameters
+            takes_device = "device" in inspect.signature(factory).parameters
         except (TypeError, ValueError):
-            parameters = {}
-        if "device" in parameters:
+            takes_device = False
+        if takes_device:
             kwargs["device"] = device
     return kwargs
 

@@ -115,8 +115,9 @@ def nvml_growth(report: Report) -> int | None:
     The first cycle pays one-time costs (context, kernel modules, workspaces); what each later
     cycle adds is the leak that kills a long-lived process that reloads models.
     """
-    growth = [c.nvml_growth_bytes for c in report.cycles]
-    if not growth or any(g is None for g in growth):
+    measured = [c.nvml_growth_bytes for c in report.cycles]
+    growth = [g for g in measured if g is not None]
+    if not growth or len(growth) != len(measured):
         return None
     if len(growth) == 1:
         return growth[0]
