@@ -57,6 +57,9 @@ def _fail(message: str) -> typer.Exit:
 def run(
     config_path: Path = typer.Argument(..., metavar="CONFIG", help="YAML file naming the runner factory."),
     json_path: Optional[Path] = typer.Option(None, "--json", metavar="PATH", help="Also write the JSON report here."),
+    markdown_path: Optional[Path] = typer.Option(
+        None, "--markdown", metavar="PATH", help="Also write a Markdown summary here (for a pull-request comment)."
+    ),
     max_leaked: Optional[str] = typer.Option(
         None, "--max-leaked-bytes", metavar="SIZE", help='Override gate.max_leaked_bytes ("0", "64 MiB").'
     ),
@@ -71,7 +74,8 @@ def run(
 ) -> None:
     """Load the runner, warm it up, call shutdown(), and report what still holds device memory."""
     from leakcheck.lifecycle.phases import run_lifecycle
-    from leakcheck.renderers.json_report import write_json
+    from leakcheck.renderers.json_report import to_json
+    from leakcheck.renderers.markdown import to_markdown
     from leakcheck.renderers.terminal import render
     from leakcheck.report.build import build_report, exit_code
 
@@ -85,8 +89,9 @@ def run(
         growth_limit = parse_size(max_growth) if max_growth is not None else None
     except ValueError as exc:
         raise _fail(f"--max-nvml-growth-bytes: {exc}") from None
-    if json_path is not None and not json_path.parent.is_dir():
-        raise _fail(f"--json: folder {json_path.parent} does not exist")
+    for option, path in (("--json", json_path), ("--markdown", markdown_path)):
+        if path is not None and not path.parent.is_dir():
+            raise _fail(f"{option}: folder {path.parent} does not exist")
     try:
         config = load_config(config_path)
         if device is not None:
@@ -110,20 +115,24 @@ def run(
 
     report = build_report(config, lifecycle, limit, growth_limit)
     render(report, out, verbose=verbose)
-    if json_path is not None:
+    outputs = [("--json", json_path, to_json), ("--markdown", markdown_path, to_markdown)]
+    for option, path, renderer in outputs:
+        if path is None:
+            continue
         try:
-            write_json(report, json_path)
+            path.write_text(renderer(report), encoding="utf-8")
         except OSError as exc:
-            raise _fail(f"--json: cannot write {json_path}: {exc.strerror}") from None
+            raise _fail(f"{option}: cannot write {path}: {exc.strerror}") from None
     raise typer.Exit(exit_code(report))
 
 
 @app.command()
 def show(
     report_path: Path = typer.Argument(..., metavar="REPORT", help="A JSON report written by `run --json`."),
+    markdown: bool = typer.Option(False, "--markdown", help="Print Markdown (for a pull-request comment)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show the runner's traceback, if any."),
 ) -> None:
-    """Render a saved JSON report (a CI artifact, say) as the terminal report."""
+    """Render a saved JSON report (a CI artifact, say) as the terminal report or as Markdown."""
     import json
 
     from leakcheck.renderers.terminal import render
@@ -135,6 +144,11 @@ def show(
         raise _fail(f"{report_path}: no such file") from None
     except (ValueError, TypeError, KeyError) as exc:
         raise _fail(f"{report_path}: not a leakcheck JSON report: {exc}") from None
+    if markdown:
+        from leakcheck.renderers.markdown import to_markdown
+
+        typer.echo(to_markdown(report), nl=False)
+        return
     render(report, _report_console(), verbose=verbose)
 
 

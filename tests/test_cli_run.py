@@ -257,3 +257,23 @@ def test_show_renders_a_recorded_cuda_report():
         "graph",
     ):
         assert text in shown.output, text
+
+
+def test_markdown_summary_for_a_pull_request(tmp_path):
+    markdown = tmp_path / "summary.md"
+    result = invoke(str(SEED), "--markdown", str(markdown))
+    assert result.exit_code == 1
+    text = markdown.read_text()
+    assert text.startswith("### leakcheck · mrv2-seed · cpu: **FAIL**")
+    assert "| holder | kind | reachable | retained | example |" in text
+    assert "| `runner.model_state` | attribute |" in text
+    assert "```python\ndel self.speculator" in text
+    assert "`runner.model_state`, `runner.speculator`, `runner.pooling_runner`, `runner.cudagraph_manager`" in text
+
+
+def test_show_markdown_of_a_recorded_cuda_report():
+    recorded = Path(__file__).parent / "fixtures" / "h200-hf-llama-seed.report.json"
+    shown = CliRunner().invoke(app, ["show", str(recorded), "--markdown"])
+    assert shown.exit_code == 0
+    assert "| phase | NVML process | torch allocated | torch reserved | RSS |" in shown.output
+    assert "| `hf_llama.py:75 in load_model` | 297 MiB |" in shown.output

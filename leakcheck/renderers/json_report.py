@@ -3,14 +3,8 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
-
 from leakcheck.report.model import Report
 
 
 def to_json(report: Report) -> str:
     return json.dumps(report.to_dict(), indent=2, sort_keys=False) + "\n"
-
-
-def write_json(report: Report, path: Path) -> None:
-    path.write_text(to_json(report), encoding="utf-8")
