@@ -73,7 +73,7 @@ def run(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show tracebacks."),
 ) -> None:
     """Load the runner, warm it up, call shutdown(), and report what still holds device memory."""
-    from leakcheck.lifecycle.phases import run_lifecycle
+    from leakcheck.lifecycle.phases import resolve_device, run_lifecycle
     from leakcheck.renderers.json_report import to_json
     from leakcheck.renderers.markdown import to_markdown
     from leakcheck.renderers.terminal import render
@@ -95,8 +95,9 @@ def run(
     try:
         config = load_config(config_path)
         if device is not None:
-            config = config.model_copy(update={"device": device})
             type(config)._device_form(device)
+            resolve_device(device, "--device")  # a missing GPU is the flag's fault, not the file's
+            config = config.model_copy(update={"device": device})
         if cycles is not None:
             config = config.model_copy(update={"cycles": cycles})
         with status_console.status("starting", spinner="dots") as status:

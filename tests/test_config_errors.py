@@ -208,6 +208,8 @@ def test_cuda_requested_without_cuda(tmp_path):
     path = write(tmp_path, GOOD.replace("device: cpu", "device: cuda:0"))
     error = one_line_error(run_cli(str(path)))
     assert "model.yaml:2: device: cuda:0 but torch.cuda.is_available() is False" in error
+    error = one_line_error(run_cli(str(write(tmp_path, GOOD)), "--device", "cuda"))
+    assert error.startswith("leakcheck: error: --device: device: cuda but torch.cuda.is_available() is False")
 
 
 def test_verbose_shows_the_traceback_for_internal_errors(tmp_path, monkeypatch):
