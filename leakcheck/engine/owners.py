@@ -303,8 +303,11 @@ def _untracked(
             UNTRACKED,
             None,
             evaluable=False,
-            detail="held from C/C++ (autograd graph, compiled graph or extension) or a non-gc object",
-            fix="# find the C/C++ holder: autograd graph, torch.compile cache, extension object",
+            detail=(
+                "held outside the Python heap: an autograd graph (an output that requires grad), "
+                "torch.compile's caches, a C extension, an atexit callback or a thread-local"
+            ),
+            fix="torch._dynamo.reset()  # if compiled; else drop outputs that require grad, or the extension's handle",
         )
         holder = Holder(
             handle=handle,
