@@ -273,6 +273,10 @@ def _summarize(device, leaked, storages, ownership, heap_objects, heap_edges, ba
         elif len(live) > 1:
             shared.setdefault(tuple(sorted(live)), []).append(storage)
 
+    def pins_something(holder) -> bool:
+        """A holder whose only items are graphs with empty pools pins nothing worth a line."""
+        return any(storages[s]["kind"] == "tensor" or nbytes[s] for s in holder.storages.tolist())
+
     owners = [
         Owner(
             path=h.handle.path,
@@ -286,16 +290,15 @@ def _summarize(device, leaked, storages, ownership, heap_objects, heap_edges, ba
             fix=h.handle.fix,
             evaluable=all(ev for _, _, ev in h.examples),
             pinned_bytes=pinned[i],
-            empty_pools=sum(1 for s in h.storages.tolist() if storages[s]["kind"] != "tensor" and nbytes[s] == 0),
         )
         for i, h in enumerate(holders)
+        if pins_something(h)
     ]
     order = sorted(
         range(len(owners)), key=lambda i: (-owners[i].reachable_bytes, -owners[i].retained_bytes, owners[i].path)
     )
     owners = [owners[i] for i in order]
 
-    owners = [o for o in owners if o.reachable_bytes or o.pinned_bytes or o.storages > o.empty_pools]
     storage_reports = []
     held = cycle = pinned_total = 0
     for s, meta in enumerate(storages):

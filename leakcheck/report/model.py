@@ -42,7 +42,6 @@ class Owner:
     evaluable: bool = True
     allowed: bool = False
     pinned_bytes: int = 0  # pinned host memory it reaches, apart from device bytes
-    empty_pools: int = field(default=0, repr=False)  # graphs it holds whose pools reserve nothing
 
 
 @dataclass
