@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-_MODULE_CONTAINERS = ("_modules", "_parameters", "_buffers")
+MODULE_TABLES = ("_modules", "_parameters", "_buffers")
 _INDEXED_MODULES = (torch.nn.ModuleList, torch.nn.Sequential, torch.nn.ParameterList)
 _KEYED_MODULES = (torch.nn.ModuleDict, torch.nn.ParameterDict)
 _MISSING = object()
@@ -54,24 +54,25 @@ def key_step(key: object) -> Step:
     return Step(f"[{text}]")
 
 
-def attribute_name(holder: object, held: object) -> str | None:
-    """The attribute of `holder` (instance dict or `__slots__`) that references `held`."""
+def attributes(obj: object) -> dict[str, object]:
+    """An object's attributes: its instance dict, then its `__slots__` (mangled names as stored)."""
     try:
-        attrs = vars(holder)
+        attrs = dict(vars(obj))
     except TypeError:
         attrs = {}
-    for name, value in list(attrs.items()):
-        if value is held:
-            return name
-    for cls in type(holder).__mro__:
+    for cls in type(obj).__mro__:
         for name, member in list(vars(cls).items()):
-            if isinstance(member, types.MemberDescriptorType):
+            if isinstance(member, types.MemberDescriptorType) and name not in attrs:
                 try:
-                    if member.__get__(holder) is held:
-                        return name
-                except AttributeError:
+                    attrs[name] = member.__get__(obj)
+                except AttributeError:  # an unset slot
                     continue
-    return None
+    return attrs
+
+
+def attribute_name(holder: object, held: object) -> str | None:
+    """The attribute of `holder` (instance dict or `__slots__`) that references `held`."""
+    return next((name for name, value in attributes(holder).items() if value is held), None)
 
 
 def attribute_step(holder: object, name: str) -> Step:
@@ -129,10 +130,6 @@ def _position_of(container: dict | list | tuple | deque, value: object) -> tuple
     return False, None
 
 
-def _dict_key_of(mapping: dict, value: object) -> tuple[bool, object]:
-    return _position_of(mapping, value)
-
-
 def describe_chain(chain: Sequence[object]) -> list[Step]:
     """Steps leading from chain[0] to chain[-1]; consecutive objects are gc referents."""
     steps: list[Step] = []
@@ -149,7 +146,7 @@ def _describe_hop(chain: Sequence[object], i: int) -> tuple[list[Step], int]:
     after = chain[i + 2] if i + 2 < len(chain) else _MISSING
 
     if isinstance(holder, dict):
-        found, key = _dict_key_of(holder, held)
+        found, key = _position_of(holder, held)
         if found:
             return [key_step(key)], 1
         return [Step("[<key>]", evaluable=False)], 1
@@ -181,7 +178,7 @@ def _describe_hop(chain: Sequence[object], i: int) -> tuple[list[Step], int]:
         if frame is held:
             return [Step(f".{attr}")], 1
         if frame is not None:
-            found, key = _dict_key_of(frame.f_locals, held)
+            found, key = _position_of(frame.f_locals, held)
             if found:
                 return [Step(f".{attr}.f_locals[{key!r}]")], 1
     if isinstance(holder, BaseException):
@@ -193,7 +190,7 @@ def _describe_hop(chain: Sequence[object], i: int) -> tuple[list[Step], int]:
 
     instance_dict = _instance_dict(holder)
     if instance_dict is not None and instance_dict is held and after is not _MISSING:
-        found, name = _dict_key_of(instance_dict, after)
+        found, name = _position_of(instance_dict, after)
         if found and isinstance(name, str):
             steps, used = _named_attribute(holder, name, after, chain, i + 2)
             return steps, used + 1
@@ -205,24 +202,28 @@ def _describe_hop(chain: Sequence[object], i: int) -> tuple[list[Step], int]:
     return [Step(f"<via {type(holder).__name__}>", evaluable=False)], 1
 
 
-def _instance_dict(holder: object) -> dict | None:
-    if isinstance(holder, (type, types.ModuleType)):
-        return None
+def own_dict(obj: object) -> dict | None:
+    """The object's own `__dict__`, read without any `__getattr__` override; None without one."""
     try:
-        value = object.__getattribute__(holder, "__dict__")
+        value = object.__getattribute__(obj, "__dict__")
     except AttributeError:
         return None
     return value if isinstance(value, dict) else None
+
+
+def _instance_dict(holder: object) -> dict | None:
+    """An instance's dict; a module's or class's namespace is its own root, never a hop."""
+    return None if isinstance(holder, (type, types.ModuleType)) else own_dict(holder)
 
 
 def _named_attribute(
     holder: object, name: str, value: object, chain: Sequence[object], value_index: int
 ) -> tuple[list[Step], int]:
     """An attribute hop, folding nn.Module's `_modules`/`_parameters`/`_buffers` tables away."""
-    if isinstance(holder, torch.nn.Module) and name in _MODULE_CONTAINERS and isinstance(value, dict):
+    if isinstance(holder, torch.nn.Module) and name in MODULE_TABLES and isinstance(value, dict):
         if value_index + 1 < len(chain):
             entry = chain[value_index + 1]
-            found, key = _dict_key_of(value, entry)
+            found, key = _position_of(value, entry)
             if found and isinstance(key, str):
                 return [module_entry_step(holder, name, key)], 2
     return [attribute_step(holder, name)], 1
@@ -245,7 +246,7 @@ def _function_hop(function: types.FunctionType, held: object, after: object) -> 
 def _frame_hop(frame: types.FrameType, held: object) -> tuple[list[Step], int]:
     if frame.f_back is held:
         return [Step(".f_back")], 1
-    found, key = _dict_key_of(frame.f_locals, held)
+    found, key = _position_of(frame.f_locals, held)
     if found:
         return [Step(f".f_locals[{key!r}]")], 1
     return [Step("<frame reference>", evaluable=False)], 1

@@ -24,10 +24,12 @@ import torch
 import leakcheck
 from leakcheck.engine.heap import HeapGraph, TypeIndex, ids_of
 from leakcheck.engine.paths import (
-    _MODULE_CONTAINERS,
+    MODULE_TABLES,
     attribute_step,
+    attributes,
     key_step,
     module_entry_step,
+    own_dict,
 )
 from leakcheck.report.model import ATTRIBUTE, CLASS_ATTRIBUTE, FRAME, GLOBAL
 
@@ -85,20 +87,10 @@ def _attribute_handles(obj: object, prefix: str) -> Iterator[Handle]:
         for index, value in enumerate(obj):
             yield Handle(f"{prefix}[{index}]", ATTRIBUTE, value, fix=f"{prefix}.clear()")
         return
-    try:
-        attrs = dict(vars(obj))
-    except TypeError:
-        attrs = {}
-    for cls in type(obj).__mro__:
-        for name, member in list(vars(cls).items()):
-            if isinstance(member, types.MemberDescriptorType) and name not in attrs:
-                try:
-                    attrs[name] = member.__get__(obj)
-                except AttributeError:
-                    continue
+    attrs = attributes(obj)
     module = obj if isinstance(obj, torch.nn.Module) else None
     for name, value in attrs.items():
-        if module is not None and name in _MODULE_CONTAINERS and isinstance(value, dict):
+        if module is not None and name in MODULE_TABLES and isinstance(value, dict):
             for key, entry in list(value.items()):
                 step = module_entry_step(module, name, key)
                 yield Handle(prefix + step.text, ATTRIBUTE, entry, fix=f"del {_self(prefix)}{step.text}")
@@ -255,11 +247,11 @@ def index_roots(
     if runner is not None:
         runner_container = RootContainer(ATTRIBUTE, "runner", runner)
         mark(runner, runner_container)
-        inner = _instance_dict(runner)
+        inner = own_dict(runner)
         if inner is not None:
             mark(inner, runner_container)
         if isinstance(runner, torch.nn.Module):
-            for table in _MODULE_CONTAINERS:
+            for table in MODULE_TABLES:
                 mark(getattr(runner, "__dict__", {}).get(table), runner_container)
 
     for module in nodes_of(lambda t: issubclass(t, types.ModuleType)):
@@ -308,14 +300,6 @@ def frame_stack(frame: types.FrameType | None) -> Iterator[types.FrameType]:
     while frame is not None:
         yield frame
         frame = frame.f_back
-
-
-def _instance_dict(obj: object) -> dict | None:
-    try:
-        value = object.__getattribute__(obj, "__dict__")
-    except AttributeError:
-        return None
-    return value if isinstance(value, dict) else None
 
 
 def _class_dict(cls: type) -> dict | None:
