@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from leakcheck.renderers.memory_columns import measured_columns
 from leakcheck.report.model import FREED_BY_COLLECTOR, Report
 from leakcheck.sizes import format_bytes, format_delta
 
@@ -46,13 +47,7 @@ def _memory(report: Report) -> list[str]:
     samples = report.memory
     if not samples:
         return []
-    columns = [
-        ("NVML process", "nvml_process_bytes"),
-        ("torch allocated", "torch_allocated_bytes"),
-        ("torch reserved", "torch_reserved_bytes"),
-        ("RSS", "rss_bytes"),
-    ]
-    present = [(title, attr) for title, attr in columns if any(getattr(s, attr) is not None for s in samples)]
+    present = measured_columns(samples, skip=("nvml_device_bytes",))  # the process figure is what a PR needs
     lines = ["| phase | " + " | ".join(title for title, _ in present) + " |"]
     lines.append("| --- |" + " ---: |" * len(present))
     for sample in samples:

@@ -8,6 +8,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from leakcheck.renderers.memory_columns import measured_columns
 from leakcheck.report.model import FREED_BY_COLLECTOR, MemorySample, Report
 from leakcheck.sizes import format_bytes, format_delta
 
@@ -145,14 +146,7 @@ def _reconciliation_table(report: Report) -> Table:
 def _memory_table(samples: list[MemorySample]) -> Table:
     """Each figure with its change since baseline beside it, dimmed."""
     table = Table(title="Memory by phase (change since baseline)", title_justify="left", title_style="bold")
-    columns = [
-        ("NVML process", "nvml_process_bytes"),
-        ("NVML device", "nvml_device_bytes"),
-        ("torch allocated", "torch_allocated_bytes"),
-        ("torch reserved", "torch_reserved_bytes"),
-        ("RSS", "rss_bytes"),
-    ]
-    present = [(title, attr) for title, attr in columns if any(getattr(s, attr) is not None for s in samples)]
+    present = measured_columns(samples)
     table.add_column("phase", no_wrap=True)
     cycles = len({s.cycle for s in samples}) > 1
     for title, _ in present:
