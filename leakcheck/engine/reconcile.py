@@ -23,6 +23,13 @@ OUTSIDE = "outside PyTorch's allocator"
 NAMED = {LEAKED_TENSORS, GRAPH_POOLS, ORPHAN_POOLS, WORKSPACES, CACHE}
 
 
+def _held(storages: list[Storage]) -> tuple[set[int], set[tuple[int, ...]]]:
+    """Addresses of leaked device tensors, and pools a leaked graph or MemPool owns."""
+    leaked = {s.address for s in storages if s.kind == "tensor" and not s.pinned and not s.collectable}
+    owned_pools = {tuple(s.pool) for s in storages if s.kind != "tensor" and s.pool and not s.collectable}
+    return leaked, owned_pools
+
+
 def pinned_by_leaks(state: AllocatorState, storages: list[Storage]) -> int:
     """Reserved bytes the device would get back if every leaked storage went.
 
@@ -30,8 +37,7 @@ def pinned_by_leaks(state: AllocatorState, storages: list[Storage]) -> int:
     leaked tensor, and a private pool counts when a leaked graph or MemPool owns it. Measured
     on one snapshot for all cycles' leaks together, so a cycle's share is the difference.
     """
-    leaked = {s.address for s in storages if s.kind == "tensor" and not s.pinned and not s.collectable}
-    owned_pools = {tuple(s.pool) for s in storages if s.kind != "tensor" and s.pool and not s.collectable}
+    leaked, owned_pools = _held(storages)
     total = 0
     for segment in state.segments:
         if segment.pool != DEFAULT_POOL:
@@ -56,8 +62,7 @@ def reconcile(
     since every runner is still alive). workspaces: addresses of blocks that clearing cuBLAS
     workspaces released (None when that could not be done).
     """
-    leaked = {s.address for s in storages if s.kind == "tensor" and not s.pinned and not s.collectable}
-    owned_pools = {tuple(s.pool) for s in storages if s.kind != "tensor" and s.pool and not s.collectable}
+    leaked, owned_pools = _held(storages)
     sizes = dict.fromkeys((LEAKED_TENSORS, GRAPH_POOLS, ORPHAN_POOLS, WORKSPACES, CPP_HELD, CACHE), 0)
     sites: dict[str, dict[str, int]] = {CPP_HELD: {}}
     for segment in state.segments:
