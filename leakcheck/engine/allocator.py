@@ -58,6 +58,11 @@ class Segment:
     def active_size(self) -> int:
         return sum(b.size for b in self.blocks if b.active)
 
+    def kept_only_by(self, addresses: set[int] | dict[int, object]) -> bool:
+        """Whether `empty_cache()` would release this segment once these blocks are freed."""
+        active = [b.address for b in self.blocks if b.active]
+        return bool(active) and all(address in addresses for address in active)
+
 
 @dataclass
 class AllocatorState:

@@ -183,9 +183,9 @@ def _share_pinned_segments(allocator: AllocatorState, by_block: dict[int, dict])
     """A segment whose only live blocks are leaked goes back to the device whole when they go:
     share its size among them, by block size."""
     for segment in allocator.segments:
-        active = [b for b in segment.blocks if b.active]
-        if not active or segment.pool != DEFAULT_POOL or not all(b.address in by_block for b in active):
+        if segment.pool != DEFAULT_POOL or not segment.kept_only_by(by_block):
             continue
+        active = [b for b in segment.blocks if b.active]
         used = sum(b.size for b in active)
         spare = segment.total_size - used
         for block in active:

@@ -43,8 +43,7 @@ def pinned_by_leaks(state: AllocatorState, storages: list[Storage]) -> int:
         if segment.pool != DEFAULT_POOL:
             total += segment.total_size if segment.pool in owned_pools else 0
             continue
-        active = [b.address for b in segment.blocks if b.active]
-        if active and leaked.issuperset(active):
+        if segment.kept_only_by(leaked):
             total += segment.total_size
     return total
 
