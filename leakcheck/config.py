@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from leakcheck.durations import parse_duration
 from leakcheck.sizes import parse_size
 
 _DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
@@ -57,17 +58,53 @@ class Gate(_Strict):
         return None if value is None else parse_size(value)
 
 
+# More cycles than this is a typo or a soak test, which belongs in a job of its own: every
+# shut-down runner stays alive until the end, so memory grows with each cycle.
+MAX_CYCLES = 100
+
+
+class Timeouts(_Strict):
+    """Seconds each runner phase may take before leakcheck stops waiting and reports (None: no limit).
+
+    The defaults suit CI: a real model load can take many minutes, a shutdown should not; a
+    shutdown waiting on a dead worker is the commonest hang.
+    """
+
+    load: float | None = 900.0
+    warmup: float | None = 900.0
+    shutdown: float | None = 300.0
+
+    @field_validator("load", "warmup", "shutdown", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> float | None:
+        return None if value is None else parse_duration(value)
+
+    @classmethod
+    def every_phase(cls, seconds: float | None) -> Timeouts:
+        return cls(load=seconds, warmup=seconds, shutdown=seconds)
+
+
 class Config(_Strict):
     name: str | None = None
     device: str = "auto"
     runner: RunnerSpec
     warmup: list[WarmupCall] = Field(default_factory=list)
-    cycles: int = Field(default=1, ge=1)  # load, warm-up and shutdown this many times in one process
+    cycles: int = Field(default=1, ge=1, le=MAX_CYCLES)  # load, warm-up and shutdown this many times in one process
     history: bool = True  # on CUDA, record where each block was allocated (from baseline on)
+    timeout: Timeouts = Field(default_factory=Timeouts)
+    isolate: bool = False  # run the runner in a child process (a crash is reported, not suffered)
     gate: Gate = Field(default_factory=Gate)
     # Set by the loader, not by the user: where relative imports and error messages point.
     path: Path | None = Field(default=None, exclude=True)
     lines: dict[tuple[Any, ...], int] = Field(default_factory=dict, exclude=True)
+
+    @field_validator("timeout", mode="before")
+    @classmethod
+    def _one_timeout_for_all(cls, value: Any) -> Any:
+        """`timeout: 120` (or "2m") limits every phase; a mapping sets them one by one."""
+        if value is None or isinstance(value, (int, float, str)) and not isinstance(value, bool):
+            return Timeouts.every_phase(None if value is None else parse_duration(value))
+        return value
 
     @field_validator("device")
     @classmethod

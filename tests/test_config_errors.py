@@ -65,7 +65,7 @@ CASES = [
         "unknown top-level key",
         GOOD.replace("name: good", "name: good\ndevcie: cpu"),
         2,
-        "unknown key 'devcie' in the top level (allowed: name, device, runner, warmup, cycles, history, gate)",
+        "unknown key 'devcie' in the top level (allowed: name, device, runner, warmup, cycles, history, timeout, isolate, gate)",
     ),
     (
         "unknown nested key",
@@ -251,3 +251,30 @@ def test_interrupt_is_one_line_and_exit_130(tmp_path, monkeypatch):
     result = run_cli(str(path))
     assert result.exit_code == 130
     assert "leakcheck: interrupted" in (result.stderr or result.output) and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("timeout: 90", (90.0, 90.0, 90.0)),
+        ("timeout: 2m", (120.0, 120.0, 120.0)),
+        ("timeout: {shutdown: 30s}", (900.0, 900.0, 30.0)),
+        ("timeout: null", (None, None, None)),
+    ],
+)
+def test_timeout_for_every_phase_or_one_by_one(tmp_path, text, expected):
+    config = load_config(write(tmp_path, GOOD + text + "\n"))
+    assert (config.timeout.load, config.timeout.warmup, config.timeout.shutdown) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("timeout: 0", "timeout: a duration must be a positive number of seconds, got 0"),
+        ("timeout: {shutdown: 5 parsecs}", "timeout.shutdown: invalid duration '5 parsecs': unknown unit 'parsecs'"),
+        ("cycles: 1000", "cycles: Input should be less than or equal to 100"),
+    ],
+)
+def test_bad_timeouts_and_cycle_counts_name_their_line(tmp_path, text, message):
+    line = one_line_error(run_cli(str(write(tmp_path, GOOD + text + "\n"))))
+    assert f"model.yaml:{len(GOOD.splitlines()) + 1}: {message}" in line
