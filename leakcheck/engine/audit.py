@@ -357,6 +357,7 @@ def _summarize(device, leaked, storages, ownership, heap_objects, heap_edges, ba
 def allocation_sites(storages: list[Storage]) -> list[Site]:
     """Leaked device bytes grouped by the user-code line that allocated them."""
     sites: dict[str, Site] = {}
+    owners: dict[str, dict[str, None]] = {}  # per site, its holders in first-seen order
     for storage in storages:
         if storage.pinned or storage.collectable or storage.nbytes == 0:
             continue
@@ -364,7 +365,7 @@ def allocation_sites(storages: list[Storage]) -> list[Site]:
         site = sites.setdefault(label, Site(site=label, bytes=0, storages=0, owners=[]))
         site.bytes += storage.nbytes
         site.storages += 1
-        for owner in storage.owners:
-            if owner not in site.owners:
-                site.owners.append(owner)
+        owners.setdefault(label, {}).update(dict.fromkeys(storage.owners))
+    for label, site in sites.items():
+        site.owners = list(owners[label])
     return sorted(sites.values(), key=lambda s: -s.bytes)

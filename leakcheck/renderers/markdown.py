@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from leakcheck.renderers import limits
+from leakcheck.renderers.limits import clip
 from leakcheck.renderers.memory_columns import measured_columns
 from leakcheck.report.model import FREED_BY_COLLECTOR, Report
 from leakcheck.sizes import format_bytes, format_delta
@@ -10,9 +12,10 @@ MAX_OWNERS = 15
 
 
 def to_markdown(report: Report) -> str:
-    lines = [f"### leakcheck · {report.name} · {report.device}: **{report.verdict.upper()}**", ""]
+    lines = [f"### leakcheck · {clip(report.name)} · {report.device}: **{report.verdict.upper()}**", ""]
     if report.error is not None:
-        lines += [f"The runner raised `{report.error.type}` during {report.error.phase}: {report.error.message}", ""]
+        error = report.error
+        lines += [f"The runner raised `{clip(error.type)}` during {error.phase}: {_cell(clip(error.message))}", ""]
     lines.append(
         f"{format_bytes(report.leaked_bytes)} still held after `shutdown()` (limit "
         f"{format_bytes(report.max_leaked_bytes)})"
@@ -20,27 +23,52 @@ def to_markdown(report: Report) -> str:
         + "."
     )
     lines += ["", *_memory(report)]
-    holders = [o for o in report.owners if o.kind not in FREED_BY_COLLECTOR]
+    holders, left_out = limits.first([o for o in report.owners if o.kind not in FREED_BY_COLLECTOR], MAX_OWNERS)
     if holders:
         lines += ["", "| holder | kind | reachable | retained | example |", "| --- | --- | ---: | ---: | --- |"]
-        for owner in holders[:MAX_OWNERS]:
-            example = f"`{owner.examples[0]}`" if owner.examples else ""
+        for owner in holders:
+            example = _code(owner.examples[0]) if owner.examples else ""
             allowed = " (allowed)" if owner.allowed else ""
             lines.append(
-                f"| `{owner.path}`{allowed} | {owner.kind} | {format_bytes(owner.reachable_bytes)} | "
+                f"| {_code(owner.path)}{allowed} | {owner.kind} | {format_bytes(owner.reachable_bytes)} | "
                 f"{format_bytes(owner.retained_bytes)} | {example} |"
             )
-        if len(holders) > MAX_OWNERS:
-            lines.append(f"\n{len(holders) - MAX_OWNERS} more holder(s) in the JSON report.")
-    for group in report.shared[:5]:
-        names = ", ".join(f"`{o}`" for o in group.owners)
+        lines += _more(left_out, "holders")
+    groups, left_out = limits.first(report.shared, 5)
+    for group in groups:
+        shown, hidden = limits.first(group.owners, limits.NAMES_PER_GROUP)
+        names = ", ".join(_code(o) for o in shown) + (f" and {hidden:,} more" if hidden else "")
         lines += ["", f"{format_bytes(group.bytes)} is held by {names} together: all must go before it is freed."]
-    if report.release:
-        lines += ["", "Suggested lines for `shutdown()`:", "", "```python", *report.release, "```"]
-    if report.sites:
+    lines += _more(left_out, "groups of holders that must all go")
+    release, left_out = limits.first(report.release, limits.RELEASE_LINES)
+    if release:
+        code = [limits.clip(line) for line in release]
+        lines += ["", "Suggested lines for `shutdown()`:", "", "```python", *code, "```"]
+        lines += _more(left_out, "suggested lines")
+    sites, left_out = limits.first(report.sites, 10)
+    if sites:
         lines += ["", "| allocated at | bytes |", "| --- | ---: |"]
-        lines += [f"| `{site.site}` | {format_bytes(site.bytes)} |" for site in report.sites[:10]]
+        lines += [f"| {_code(site.site)} | {format_bytes(site.bytes)} |" for site in sites]
+        lines += _more(left_out, "allocation sites")
     return "\n".join(lines) + "\n"
+
+
+def _more(left_out: int, what: str) -> list[str]:
+    line = limits.more(left_out, what)
+    return ["", line[0].upper() + line[1:] + "."] if line else []
+
+
+def _cell(text: str) -> str:
+    """Text safe inside a table row: a `|` would end the cell, a newline the row."""
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _code(text: str) -> str:
+    """Inline code, clipped; a text holding backticks gets a longer fence, as CommonMark allows."""
+    text = _cell(clip(text))
+    fence = "``" if "`" in text else "`"
+    pad = " " if fence == "``" else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
 
 
 def _memory(report: Report) -> list[str]:

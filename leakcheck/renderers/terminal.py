@@ -8,13 +8,13 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from leakcheck.renderers import limits
+from leakcheck.renderers.limits import clip
 from leakcheck.renderers.memory_columns import measured_columns
 from leakcheck.report.model import FREED_BY_COLLECTOR, MemorySample, Report
 from leakcheck.sizes import format_bytes, format_delta
 
 _VERDICT_STYLE = {"pass": "bold green", "fail": "bold red", "error": "bold magenta"}
-MAX_OWNERS = 25
-MAX_EXAMPLES = 3
 
 
 def render(report: Report, console: Console, verbose: bool = False) -> None:
@@ -50,8 +50,10 @@ def render(report: Report, console: Console, verbose: bool = False) -> None:
         )
     if notes:
         console.print(Text("Notes", style="bold"))
-        for note in notes:
-            console.print(f"  • {escape(note)}", highlight=False)
+        shown, left_out = limits.first(notes, limits.NOTES)
+        for note in [*map(clip, shown), limits.more(left_out, "notes")]:
+            if note:
+                console.print(f"  • {escape(note)}", highlight=False)
 
 
 def _summary(report: Report) -> Panel:
@@ -59,7 +61,7 @@ def _summary(report: Report) -> Panel:
     line = Text.assemble(verdict, "  ")
     holders = [o for o in report.owners if o.kind not in FREED_BY_COLLECTOR]
     if report.verdict == "error" and report.error is not None:
-        line.append(f"{report.error.type} in {report.error.phase}: {report.error.message}")
+        line.append(f"{clip(report.error.type)} in {report.error.phase}: {clip(report.error.message)}")
         line.append(f"\n{format_bytes(report.leaked_bytes)} still held after shutdown()")
     elif report.leaked_bytes:
         line.append(f"{format_bytes(report.leaked_bytes)} still held after shutdown()", style="bold")
@@ -85,7 +87,7 @@ def _summary(report: Report) -> Panel:
 def _error(report: Report, verbose: bool) -> Panel:
     error = report.error
     assert error is not None
-    body = Text(f"{error.type}: {error.message}")
+    body = Text(f"{clip(error.type)}: {clip(error.message)}")
     if verbose and error.traceback:
         body = Text(error.traceback.rstrip())
     elif error.traceback:
@@ -120,8 +122,10 @@ def _sites_table(report: Report) -> Table:
     table.add_column("bytes", justify="right", no_wrap=True)
     table.add_column("storages", justify="right", no_wrap=True)
     table.add_column("held by", overflow="fold", ratio=1)
-    for site in report.sites[:15]:
-        table.add_row(site.site, format_bytes(site.bytes), str(site.storages), ", ".join(site.owners[:4]))
+    sites, left_out = limits.first(report.sites, limits.SITES)
+    for site in sites:
+        table.add_row(clip(site.site), format_bytes(site.bytes), str(site.storages), limits.names(site.owners, 4))
+    table.caption = limits.more(left_out, "allocation sites")
     return table
 
 
@@ -175,14 +179,15 @@ def _owners_table(report: Report) -> Table:
     table.add_column("reachable", justify="right", no_wrap=True)
     table.add_column("retained", justify="right", no_wrap=True)
     table.add_column("tensors", justify="right", no_wrap=True)
-    for owner in report.owners[:MAX_OWNERS]:
-        cell = Text(owner.path, style="bold")
+    owners, left_out = limits.first(report.owners, limits.HOLDERS)
+    for owner in owners:
+        cell = Text(clip(owner.path), style="bold")
         if owner.allowed:
             cell.append(" (allowed)", style="dim")
-        for example in owner.examples[:MAX_EXAMPLES]:
-            cell.append(f"\n  {example}", style="dim")
+        for example in owner.examples[: limits.EXAMPLES]:
+            cell.append(f"\n  {clip(example)}", style="dim")
         if owner.detail:
-            cell.append(f"\n  {owner.detail}", style="italic dim")
+            cell.append(f"\n  {clip(owner.detail)}", style="italic dim")
         style = "dim" if owner.allowed or owner.kind in FREED_BY_COLLECTOR else None
         table.add_row(
             cell,
@@ -192,15 +197,15 @@ def _owners_table(report: Report) -> Table:
             str(owner.tensors),
             style=style,
         )
-    if len(report.owners) > MAX_OWNERS:
-        table.caption = f"{len(report.owners) - MAX_OWNERS} more holder(s) in the JSON report"
+    table.caption = limits.more(left_out, "holders")
     return table
 
 
 def _release(report: Report) -> Panel:
     parts: list[Text] = []
-    for group in report.shared[:10]:
-        names = ", ".join(group.owners)
+    groups, left_out = limits.first(report.shared, limits.SHARED_GROUPS)
+    for group in groups:
+        names = limits.names(group.owners)
         parts.append(
             Text.assemble(
                 (format_bytes(group.bytes), "bold"),
@@ -208,9 +213,14 @@ def _release(report: Report) -> Panel:
                 f"each alone retains none of it, and all must go before a byte is freed:\n    {names}",
             )
         )
-    if report.release:
-        code = "\n".join(f"    {line}" for line in report.release)
+    if left_out:
+        parts.append(Text(limits.more(left_out, "groups of holders that must all go") or "", style="dim"))
+    release, left_out = limits.first(report.release, limits.RELEASE_LINES)
+    if release:
+        code = "\n".join(f"    {clip(line)}" for line in release)
         parts.append(Text.assemble(("Suggested lines for shutdown():\n", "bold"), (code, "cyan")))
+        if left_out:
+            parts.append(Text(limits.more(left_out, "suggested lines") or "", style="dim"))
     if not parts:
         parts.append(Text("Nothing to release."))
     return Panel(Group(*parts), title="What shutdown() must release", title_align="left")
