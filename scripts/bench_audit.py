@@ -12,8 +12,13 @@ pinned tensors behind several owners, then prints, in one run:
 and the audit's peak extra memory per heap object. Targets (issue #3): audit within 3x
 the bare pass; under 150 bytes of extra memory per heap object.
 
+Then the holder axis, on the same heap (issue #7): the audit with 2,000 and with 50,000
+module globals each pinning its own tensor (target: within 3x of each other), with 10,000
+garbage cycles each holding a tensor, and `leakcheck run` end to end on a runner that leaves
+50,000 such globals (target: under 15 s on a 2-core machine).
+
     .venv/bin/python scripts/bench_audit.py                  # 2,000,000 objects, 2,000 tensors
-    .venv/bin/python scripts/bench_audit.py --objects 200000 --tensors 200
+    .venv/bin/python scripts/bench_audit.py --objects 200000 --tensors 200 --skip-holders
 """
 
 from __future__ import annotations
@@ -22,7 +27,10 @@ import argparse
 import gc
 import os
 import platform
+import subprocess
 import sys
+import tempfile
+import textwrap
 import time
 import types
 
@@ -133,11 +141,92 @@ def reset_peak() -> bool:
         return False
 
 
+def add_holders(count: int, start: int = 0) -> types.ModuleType:
+    """Module globals `leak_<i>`, each pinning its own tensor: one holder each."""
+    module = sys.modules.setdefault("bench_holders", types.ModuleType("bench_holders"))
+    for index in range(start, count):
+        setattr(module, f"leak_{index}", torch.zeros(1))
+    return module
+
+
+class CycleNode:
+    def __init__(self):
+        self.me = self
+        self.payload = torch.zeros(1)
+
+
+def timed_audit(runner, baseline) -> tuple[float, object]:
+    gc.collect()
+    started = time.perf_counter()
+    result = audit(runner, "cpu", baseline, caller_frames=False)
+    return time.perf_counter() - started, result
+
+
+def cli_run_seconds(holders: int) -> float:
+    """Wall-clock of `leakcheck run` (a fresh process, torch import included) on a runner that
+    leaves `holders` module globals each pinning a tensor."""
+    with tempfile.TemporaryDirectory() as folder:
+        with open(os.path.join(folder, "many_holders.py"), "w") as module:
+            module.write(textwrap.dedent(f"""\
+                import torch
+
+                class Runner:
+                    def shutdown(self):
+                        pass
+
+                def build():
+                    for index in range({holders}):
+                        globals()[f"leak_{{index}}"] = torch.zeros(1)
+                    return Runner()
+                """))
+        config = os.path.join(folder, "many.yaml")
+        with open(config, "w") as handle:
+            handle.write('device: cpu\nrunner: {factory: "many_holders:build"}\n')
+        command = [sys.executable, "-m", "leakcheck", "run", config, "--json", os.path.join(folder, "r.json")]
+        started = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, text=True)
+        elapsed = time.perf_counter() - started
+        if done.returncode != 1:
+            raise SystemExit(f"leakcheck run exited {done.returncode}, expected 1:\n{done.stderr[-2000:]}")
+    return elapsed
+
+
+def holder_axis(runner, baseline, few: int, many: int, cycles: int) -> None:
+    """The audit as holders grow on one heap: each step adds work by what holders reach."""
+    add_holders(few)
+    few_s, _ = min(timed_audit(runner, baseline) for _ in range(2))
+    add_holders(many, start=few)
+    many_s, result = min(timed_audit(runner, baseline) for _ in range(2))
+    held = len(result.owners)
+    del sys.modules["bench_holders"]
+    gc.collect()
+    gc.disable()  # the cycles must survive until the audit, as a runner's garbage would
+    try:
+        garbage = [CycleNode() for _ in range(cycles)]
+        del garbage
+        cycles_s, cycle_result = timed_audit(runner, baseline)
+    finally:
+        gc.enable()
+        gc.collect()
+    cycle_holders = sum(o.kind == "cycle" for o in cycle_result.owners)
+    run_s = cli_run_seconds(many)
+    print()
+    print(f"{'holder axis, same heap':<40}{'seconds':>10}{'ratio':>9}{'target':>10}")
+    print(f"{f'audit, {few:,} global holders':<40}{few_s:>10.2f}{1:>9.2f}")
+    print(f"{f'audit, {many:,} global holders ({held:,} found)':<40}{many_s:>10.2f}{many_s / few_s:>9.2f}{'<= 3.00':>10}")
+    label = f"audit, {cycles:,} garbage cycles ({cycle_holders:,} found)"
+    print(f"{label:<40}{cycles_s:>10.2f}{cycles_s / few_s:>9.2f}")
+    print(f"{f'leakcheck run, {many:,} holders (process)':<40}{run_s:>10.2f}{'':>9}{'< 15 s':>10}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--objects", type=int, default=2_000_000)
     parser.add_argument("--tensors", type=int, default=2_000)
     parser.add_argument("--objgraph-samples", type=int, default=3)
+    parser.add_argument("--holders", default="2000,50000", help="the holder axis: FEW,MANY module globals")
+    parser.add_argument("--garbage-cycles", type=int, default=10_000)
+    parser.add_argument("--skip-holders", action="store_true", help="only the heap-size figures")
     args = parser.parse_args()
 
     baseline = take_baseline("cpu")
@@ -190,6 +279,9 @@ def main() -> None:
     else:
         verdict = "within" if extra_per_object < 150 else "OVER"
         print(f"peak extra memory: {extra_per_object:.0f} bytes per heap object ({verdict} the 150-byte target)")
+    if not args.skip_holders:
+        few, many = (int(n) for n in args.holders.split(","))
+        holder_axis(runner, baseline, few, many, args.garbage_cycles)
     del keep
 
 
