@@ -155,8 +155,9 @@ class CycleNode:
         self.payload = torch.zeros(1)
 
 
-def timed_audit(runner, baseline) -> tuple[float, object]:
-    gc.collect()
+def timed_audit(runner, baseline, collect: bool = True) -> tuple[float, object]:
+    if collect:
+        gc.collect()
     started = time.perf_counter()
     result = audit(runner, "cpu", baseline, caller_frames=False)
     return time.perf_counter() - started, result
@@ -204,7 +205,7 @@ def holder_axis(runner, baseline, few: int, many: int, cycles: int) -> None:
     try:
         garbage = [CycleNode() for _ in range(cycles)]
         del garbage
-        cycles_s, cycle_result = timed_audit(runner, baseline)
+        cycles_s, cycle_result = timed_audit(runner, baseline, collect=False)
     finally:
         gc.enable()
         gc.collect()
