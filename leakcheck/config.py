@@ -6,9 +6,11 @@ invalid size '12 parsecs' ...``. The CLI prints it and exits with code 2.
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -55,7 +57,12 @@ class Gate(_Strict):
     @field_validator("max_leaked_bytes", "max_nvml_growth_bytes", mode="before")
     @classmethod
     def _size(cls, value: Any) -> int | None:
-        return None if value is None else parse_size(value)
+        if value is None:
+            return None
+        try:
+            return parse_size(value)
+        except OverflowError:  # `.inf` gets past parse_size's checks and fails in int()
+            raise ValueError(f"expected a finite size, got {value!r}") from None
 
 
 # More cycles than this is a typo or a soak test, which belongs in a job of its own: every
@@ -114,27 +121,27 @@ class Config(_Strict):
         return value
 
     def where(self, *loc: Any) -> str:
-        """`file:line` of a key, for errors found after loading (a warmup method that does not exist)."""
-        line = self.lines.get(tuple(loc))
+        """`file:line` of a key, for errors found after loading (a warmup method that does not exist).
+
+        A path that reaches a node through an alias gets the line of its nearest recorded parent
+        (the alias); a key the file does not have (a default) gets no line.
+        """
+        line = _nearest_line(tuple(loc), self.lines, shortest=1)
         return f"{self.path}:{line}" if line else str(self.path)
 
 
 def load_config(path: str | Path) -> Config:
-    """Read and validate a config file; raise ConfigError with a one-line message."""
+    """Read and validate a config file; raise ConfigError with a one-line message.
+
+    Every step is bounded by the file's size (itself capped), so no config, however hostile,
+    can stall the run or end it with a traceback.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
-    text = path.read_text(encoding="utf-8")
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = f":{mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}{line}: invalid YAML: {exc.problem or exc.context}") from None
+    text = _decode(path, _read_bytes(path))
+    data, lines = _parse(path, text)
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}:1: expected a mapping with at least a 'runner' key, got {type(data).__name__}")
-    lines = _key_lines(root)
+        found = "an empty file" if data is None else type(data).__name__
+        raise ConfigError(f"{path}:1: expected a mapping with at least a 'runner' key, got {found}")
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
@@ -146,34 +153,276 @@ def load_config(path: str | Path) -> Config:
     return config
 
 
-def _key_lines(node: yaml.Node | None, loc: tuple[Any, ...] = ()) -> dict[tuple[Any, ...], int]:
-    """Map each key path (('gate', 'allow', 0)) to its 1-based line in the file."""
-    lines: dict[tuple[Any, ...], int] = {}
-    if node is None:
-        return lines
-    lines[loc] = node.start_mark.line + 1
+# A config is a page of YAML (the examples are under 1 KiB); a file past this is the wrong file (a
+# checkpoint, a log) or data that belongs in the runner factory. The cap bounds the load: the
+# pure-Python YAML parser takes about 1 s for 64 KiB of ordinary YAML on a 2-core CI runner, and
+# about 4.5 s for the slowest input found (lines of brackets nested 100 deep).
+MAX_CONFIG_BYTES = 64 * 1024
+
+# Far deeper than any real config, and far from Python's recursion limit: PyYAML composes nested
+# nodes recursively (two frames a level), so `[[[[...` a thousand deep would otherwise crash it.
+MAX_NESTING = 100
+
+
+def _read_bytes(path: Path) -> bytes:
+    """The file's bytes. What it is gets checked before opening: opening a FIFO would block."""
+    try:
+        info = path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        raise ConfigError(f"{path}: config file not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file: {_os_reason(exc)}") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise ConfigError(f"{str(path).rstrip(os.sep)}{os.sep}: is a directory, not a config file")
+    if not stat.S_ISREG(info.st_mode):
+        raise ConfigError(f"{path}: not a regular file (a pipe, socket or device); give the path of a YAML file")
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(MAX_CONFIG_BYTES + 1)  # never more, even if the file grows meanwhile
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file: {_os_reason(exc)}") from None
+    size = max(len(data), info.st_size)
+    if size > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"{path}: {size:,} bytes is too large for a config file (the limit is {MAX_CONFIG_BYTES:,}); "
+            "is this the right file? Large inputs belong in the runner factory"
+        )
+    return data
+
+
+def _os_reason(exc: OSError) -> str:
+    return (exc.strerror or type(exc).__name__).lower()
+
+
+def _decode(path: Path, data: bytes) -> str:
+    """UTF-8 text (a leading BOM is kept: the YAML scanner skips it, so line numbers stay right)."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        before = data[: exc.start].decode("utf-8")  # valid up to the first bad byte
+        line, column = _line_and_column(before, len(before))
+        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at column {column})") from None
+
+
+# What PyYAML counts as a line break, so that lines we compute agree with the ones its errors carry.
+_LINE_BREAK = re.compile("\r\n|[\n\r\x85\u2028\u2029]")
+
+
+def _line_and_column(text: str, index: int) -> tuple[int, int]:
+    """1-based line and column of text[index]."""
+    line, line_start = 1, 0
+    for match in _LINE_BREAK.finditer(text, 0, index):
+        line, line_start = line + 1, match.end()
+    return line, index - line_start + 1
+
+
+class _Refused(yaml.MarkedYAMLError):
+    """YAML that PyYAML accepts or chokes on but leakcheck refuses; `problem` is the whole message."""
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """SafeLoader that refuses recursive anchors and absurd nesting while composing, and turns a
+    constructor's stray exception (`!!int abc` raises ValueError) into an error with a line."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self._open_anchors: set[str] = set()  # anchors of the nodes being composed right now
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            if event.anchor in self._open_anchors:
+                problem = f"recursive YAML alias '*{_clip(event.anchor)}' (an anchor cannot contain itself)"
+                raise _Refused(problem=problem, problem_mark=event.start_mark)
+            return super().compose_node(parent, index)
+        if self._depth >= MAX_NESTING:
+            raise _Refused(problem=f"nested more than {MAX_NESTING} levels deep", problem_mark=event.start_mark)
+        anchor = event.anchor
+        if anchor is not None:
+            self._open_anchors.add(anchor)
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+            self._open_anchors.discard(anchor)
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except yaml.YAMLError:
+            raise
+        except Exception:  # PyYAML's scalar constructors raise ValueError, KeyError, AttributeError...
+            tag = node.tag.replace("tag:yaml.org,2002:", "")
+            # never repr() a collection node: through aliases its repr is as large as the bomb
+            what = _shown(node.value) if isinstance(node, yaml.ScalarNode) else f"this {node.id}"
+            raise _Refused(problem=f"cannot read {what} as {tag}", problem_mark=node.start_mark) from None
+
+    def construct_unsupported_tag(self, node: yaml.Node) -> Any:
+        tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+        problem = f"unsupported YAML tag {_clip(tag)!r} (a config holds plain strings, numbers, lists and mappings)"
+        raise _Refused(problem=problem, problem_mark=node.start_mark)
+
+
+_ConfigLoader.add_constructor(None, _ConfigLoader.construct_unsupported_tag)
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def _parse(path: Path, text: str) -> tuple[Any, dict[tuple[Any, ...], int]]:
+    """The document's data and its key lines, from one composition of the node graph."""
+    try:
+        loader = _ConfigLoader(text)  # the reader refuses control characters here
+    except yaml.YAMLError as exc:
+        raise ConfigError(_yaml_error(path, text, exc)) from None
+    try:
+        root = loader.get_single_node()
+        if root is None:
+            return None, {}
+        duplicate = _duplicate_key(root, loader.construct_object)
+        if duplicate is not None:
+            raise ConfigError(_duplicate_message(path, *duplicate))
+        data = loader.construct_document(root)
+    except yaml.YAMLError as exc:
+        raise ConfigError(_yaml_error(path, text, exc)) from None
+    finally:
+        loader.dispose()
+    return data, _key_lines(root)
+
+
+def _yaml_error(path: Path, text: str, exc: yaml.YAMLError) -> str:
+    """One line for any YAML error: the file, the line where there is one, and what is wrong."""
+    if isinstance(exc, yaml.reader.ReaderError):
+        line, column = _line_and_column(text, exc.position)
+        character = chr(exc.character) if isinstance(exc.character, int) else exc.character
+        return f"{path}:{line}: character {character!r} at column {column} is not allowed in YAML"
+    if not isinstance(exc, yaml.MarkedYAMLError):
+        return f"{path}: invalid YAML: {_one_line(str(exc))}"
+    mark = exc.problem_mark or exc.context_mark
+    where = f"{path}:{mark.line + 1}" if mark else str(path)
+    if isinstance(exc, _Refused):
+        return f"{where}: {exc.problem}"
+    message = exc.problem or exc.context or "unreadable YAML"
+    if exc.problem and exc.context:
+        context = exc.context + (f" at line {exc.context_mark.line + 1}" if exc.context_mark else "")
+        # "while parsing a flow sequence" is background; "found duplicate anchor 'a'; first
+        # occurrence" begins the sentence that the problem ("second occurrence") ends.
+        background = exc.context.startswith("while ")
+        message = f"{exc.problem} ({context})" if background else f"{context}, {exc.problem}"
+    return f"{where}: invalid YAML: {_one_line(message)}"
+
+
+def _one_line(message: str) -> str:
+    return " ".join(message.split())
+
+
+def _clip(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _shown(value: Any) -> str:
+    """repr() of a user's key or value, short enough for a one-line message."""
+    if isinstance(value, str):
+        return repr(_clip(value))
+    return _clip(repr(value))
+
+
+def _children(loc: tuple[Any, ...], node: yaml.Node) -> list[tuple[tuple[Any, ...], yaml.Node, yaml.Node]]:
+    """(key path, node whose line names the entry, value node) for each entry of a collection.
+
+    A mapping entry is placed at its key; entries with non-scalar keys have no path (PyYAML
+    refuses those keys when it constructs the mapping).
+    """
     if isinstance(node, yaml.MappingNode):
-        for key, value in node.value:
-            child = (*loc, key.value)
-            lines.update(_key_lines(value, child))
-            lines[child] = key.start_mark.line + 1
-    elif isinstance(node, yaml.SequenceNode):
-        for index, item in enumerate(node.value):
-            lines.update(_key_lines(item, (*loc, index)))
+        return [((*loc, key.value), key, value) for key, value in node.value if isinstance(key, yaml.ScalarNode)]
+    if isinstance(node, yaml.SequenceNode):
+        return [((*loc, index), item, item) for index, item in enumerate(node.value)]
+    return []
+
+
+def _each_node_once(root: yaml.Node) -> Iterator[tuple[tuple[Any, ...], yaml.Node]]:
+    """Each distinct node with the first key path that reaches it, in document order.
+
+    Aliases make the node graph a DAG in which a node can be reached by exponentially many paths
+    (ten lines of `b: &b [*a, *a, ...]` give 9**10); meeting each node once by identity keeps
+    every walk linear in the size of the file. No recursion, so depth costs no stack.
+    """
+    seen: set[int] = set()
+    stack: list[tuple[tuple[Any, ...], yaml.Node]] = [((), root)]
+    while stack:
+        loc, node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        yield loc, node
+        stack.extend((child, value) for child, _, value in reversed(_children(loc, node)))
+
+
+def _key_lines(root: yaml.Node | None) -> dict[tuple[Any, ...], int]:
+    """Map each key path (('gate', 'allow', 0)) to its 1-based line in the file.
+
+    A node shared through an alias is listed under the first path that reaches it; a path
+    through an alias still has its own entry (the alias's key, or the anchor's line in a list),
+    and `_nearest_line` falls back to it.
+    """
+    lines: dict[tuple[Any, ...], int] = {}
+    if root is None:
+        return lines
+    for loc, node in _each_node_once(root):
+        lines.setdefault(loc, node.start_mark.line + 1)
+        for child, marker, _ in _children(loc, node):
+            lines.setdefault(child, marker.start_mark.line + 1)
     return lines
+
+
+def _duplicate_key(
+    root: yaml.Node, construct: Callable[[yaml.Node], Any]
+) -> tuple[tuple[Any, ...], yaml.Node, yaml.Node] | None:
+    """The first mapping that repeats a key, with the key's first and second nodes.
+
+    PyYAML keeps the last value without a word, so a second `max_leaked_bytes:` would loosen
+    the gate silently. Keys are compared as constructed values, exactly as the dict would
+    collapse them ('a' and "a", 1 and 0x1). Merge keys (`<<: *base`) are meant to be overridden.
+    """
+    for loc, node in _each_node_once(root):
+        if not isinstance(node, yaml.MappingNode):
+            continue
+        first_of: dict[Any, yaml.Node] = {}
+        for key, _ in node.value:
+            if not isinstance(key, yaml.ScalarNode) or key.tag == _MERGE_TAG:
+                continue
+            first = first_of.setdefault(construct(key), key)
+            if first is not key:
+                return loc, first, key
+    return None
+
+
+def _duplicate_message(path: Path, loc: tuple[Any, ...], first: yaml.Node, second: yaml.Node) -> str:
+    parent = _dotted(loc) or "the top level"
+    return (
+        f"{path}:{second.start_mark.line + 1}: duplicate key {_shown(second.value)} in {parent} "
+        f"(first at line {first.start_mark.line + 1})"
+    )
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    """('warmup', 0, 'args') -> 'warmup[0].args', as people write the path."""
+    text = ".".join(f"[{part}]" if isinstance(part, int) else _clip(str(part)) for part in loc)
+    return text.replace(".[", "[")
 
 
 def _first_error(path: Path, exc: ValidationError, lines: dict[tuple[Any, ...], int]) -> str:
     error = exc.errors(include_url=False)[0]
     loc = tuple(error["loc"])
-    line = _nearest_line(loc, lines)
-    where = ".".join(str(part) if not isinstance(part, int) else f"[{part}]" for part in loc)
-    where = where.replace(".[", "[")
+    line = _nearest_line(loc, lines) or 1
+    where = _dotted(loc)
     kind = error["type"]
     if kind == "extra_forbidden":
-        parent = ".".join(str(p) for p in loc[:-1]) or "the top level"
+        parent = _dotted(loc[:-1]) or "the top level"
         allowed = _allowed_keys(loc[:-1])
-        message = f"unknown key {loc[-1]!r} in {parent}" + (f" (allowed: {', '.join(allowed)})" if allowed else "")
+        message = f"unknown key {_shown(loc[-1])} in {parent}"
+        message += f" (allowed: {', '.join(allowed)})" if allowed else ""
         return f"{path}:{line}: {message}"
     if kind == "missing":
         return f"{path}:{line}: missing required key '{where}'"
@@ -183,11 +432,12 @@ def _first_error(path: Path, exc: ValidationError, lines: dict[tuple[Any, ...], 
     return f"{path}:{line}: {where}: {message}"
 
 
-def _nearest_line(loc: tuple[Any, ...], lines: dict[tuple[Any, ...], int]) -> int:
-    for end in range(len(loc), -1, -1):
+def _nearest_line(loc: tuple[Any, ...], lines: dict[tuple[Any, ...], int], shortest: int = 0) -> int | None:
+    """Line of the longest prefix of `loc` (at least `shortest` long) that the file has."""
+    for end in range(len(loc), shortest - 1, -1):
         if loc[:end] in lines:
             return lines[loc[:end]]
-    return 1
+    return None
 
 
 def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
