@@ -8,8 +8,22 @@ for owner in result.owners:
 
 __version__ = "0.1.0"
 
-from leakcheck.engine.audit import audit  # noqa: E402
-from leakcheck.engine.tensors import take_baseline  # noqa: E402
+from typing import Any  # noqa: E402
+
 from leakcheck.report.model import Audit, Owner, Report, SharedHold, Storage  # noqa: E402
+
+_LAZY = {"audit": "leakcheck.engine.audit", "take_baseline": "leakcheck.engine.tensors"}
+
+
+def __getattr__(name: str) -> Any:
+    """`audit` and `take_baseline` import torch: loaded on first use, so that the CLI's parent
+    process of an isolated run (`--isolate`) never imports torch or touches the GPU."""
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'leakcheck' has no attribute {name!r}")
 
 __all__ = ["Audit", "Owner", "Report", "SharedHold", "Storage", "audit", "take_baseline", "__version__"]

@@ -219,10 +219,11 @@ def test_verbose_shows_the_traceback_for_internal_errors(tmp_path, monkeypatch):
         raise RuntimeError("internal failure")
 
     monkeypatch.setattr("leakcheck.lifecycle.phases.take_baseline", broken)
-    quiet = run_cli(str(path))
-    assert quiet.exit_code == 2 and "RuntimeError: internal failure" in (quiet.stderr or quiet.output)
+    quiet = run_cli(str(path))  # leakcheck's own failure is an error with a report (3), not a config error (2)
+    assert quiet.exit_code == 3 and "RuntimeError: internal failure" in (quiet.stderr or quiet.output)
+    assert "Traceback" not in quiet.output
     loud = run_cli(str(path), "--verbose")
-    assert isinstance(loud.exception, RuntimeError)
+    assert loud.exit_code == 3 and "Traceback" in loud.output and "raise RuntimeError" in loud.output
 
 
 def test_good_config_loads_with_defaults(tmp_path):
@@ -278,3 +279,14 @@ def test_timeout_for_every_phase_or_one_by_one(tmp_path, text, expected):
 def test_bad_timeouts_and_cycle_counts_name_their_line(tmp_path, text, message):
     line = one_line_error(run_cli(str(write(tmp_path, GOOD + text + "\n"))))
     assert f"model.yaml:{len(GOOD.splitlines()) + 1}: {message}" in line
+
+
+def test_an_error_naming_markup_like_text_prints_it_verbatim(tmp_path):
+    """A YAML key or a folder named like a rich style tag must not vanish from the message."""
+    folder = tmp_path / "[/x]" / "[prod]"
+    folder.mkdir(parents=True)
+    (folder / "toyrunner.py").write_text(RUNNER_MODULE)
+    path = folder / "model.yaml"
+    path.write_text(GOOD.replace("name: good", "name: good\n'[/x]': 1"))
+    line = one_line_error(run_cli(str(path)))
+    assert "[/x]/[prod]/model.yaml:2: unknown key '[/x]' in the top level" in line

@@ -13,7 +13,7 @@ from leakcheck.cli import app
 from leakcheck.config import load_config
 from leakcheck.lifecycle.phases import Lifecycle
 from leakcheck.report.build import build_report
-from leakcheck.report.model import MemorySample
+from leakcheck.report.model import Audit, MemorySample
 
 # NVML process bytes at each `collected`, from `leakcheck run mrv2-seed-cuda.yaml --cycles 3`
 # on an NVIDIA H200 (torch 2.11.0+cu130); baseline is the CUDA context.
@@ -25,7 +25,13 @@ def recorded_lifecycle(collected: list[int]) -> Lifecycle:
     memory = [MemorySample("baseline", 1, nvml_process_bytes=BASELINE, torch_reserved_bytes=0)]
     for cycle, nvml in enumerate(collected, start=1):
         memory.append(MemorySample("collected", cycle, nvml_process_bytes=nvml, torch_reserved_bytes=nvml - BASELINE))
-    return Lifecycle(device="cuda:0", memory=memory)
+    audits = [nothing_found("cuda:0") for _ in collected]
+    return Lifecycle(device="cuda:0", memory=memory, audit=audits[-1], audits=audits)
+
+
+def nothing_found(device: str) -> Audit:
+    """An audit that found no storage: only an audited run can pass the gate."""
+    return Audit(device, [], [], [], held_bytes=0, cycle_bytes=0, baseline_storages=0, heap_objects=0, heap_edges=0)
 
 
 def config(tmp_path, gate: str):
@@ -50,6 +56,7 @@ def test_single_cycle_gates_growth_since_baseline(tmp_path):
 
 def test_no_nvml_means_no_growth_gate(tmp_path):
     lifecycle = Lifecycle(device="cpu", memory=[MemorySample("baseline"), MemorySample("collected")])
+    lifecycle.add_audit(nothing_found("cpu"))
     report = build_report(config(tmp_path, "max_nvml_growth_bytes: 0"), lifecycle)
     assert report.nvml_growth_bytes is None and report.verdict == "pass"
 

@@ -7,6 +7,8 @@ Phases, in order: `baseline` (device initialised, before the factory), `loaded`,
 A runner that raises does not end the run: the error is kept as text (never the exception,
 whose traceback would pin the runner's frames) and the remaining phases still run, because
 the memory a failed load or warm-up leaves behind is exactly what the user needs to see.
+The same holds for a call that runs out of time (`timeout:`), calls `os._exit()`, or raises
+any BaseException but KeyboardInterrupt: each runner call goes through `limits.call_runner`.
 """
 
 from __future__ import annotations
@@ -17,9 +19,7 @@ import importlib
 import inspect
 import sys
 import time
-import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -29,32 +29,23 @@ from leakcheck.engine.allocator import AllocatorState, start_history, stop_histo
 from leakcheck.engine.audit import audit
 from leakcheck.engine.reconcile import pinned_by_leaks, reconcile
 from leakcheck.engine.tensors import take_baseline
+from leakcheck.lifecycle.errors import LeakcheckStop, RunnerExit, describe, type_name
+from leakcheck.lifecycle.limits import (
+    Abandon,
+    RunnerCall,
+    call_runner,
+    exit_attempts,
+    exit_attempts_since,
+    exits_contained,
+)
+from leakcheck.lifecycle.record import Lifecycle
+from leakcheck.lifecycle.stops import raise_if_requested
 from leakcheck.probes import MemoryProbes
-from leakcheck.report.model import Audit, MemorySample, Reconciliation, RunError, Storage
+from leakcheck.report.model import Audit, Reconciliation, RunError
+
+__all__ = ["Lifecycle", "load_factory", "resolve_device", "run_lifecycle"]
 
 Progress = Callable[[str], None]
-
-
-@dataclass
-class Lifecycle:
-    """What a run measured; the report is built from this and the config."""
-
-    device: str
-    memory: list[MemorySample] = field(default_factory=list)
-    audit_memory: list[MemorySample] = field(default_factory=list)
-    audit: Audit | None = None  # the last cycle's
-    audits: list[Audit] = field(default_factory=list)  # one per cycle
-    reconciliation: Reconciliation | None = None
-    pinned_segments: list[int] = field(default_factory=list)  # per cycle: segments all leaks so far pin
-
-    def storages(self) -> list[Storage]:
-        """What every cycle's audit found: each cycle's runner is still alive."""
-        return [storage for audit in self.audits for storage in audit.storages]
-
-    error: RunError | None = None
-    notes: list[str] = field(default_factory=list)
-    timings: dict[str, float] = field(default_factory=dict)
-    environment: dict[str, Any] = field(default_factory=dict)
 
 
 def resolve_device(requested: str, where: str) -> str:
@@ -161,123 +152,222 @@ def _factory_kwargs(factory: Callable[..., Any], args: dict[str, Any], device: s
     return kwargs
 
 
-def _error(phase: str, exc: BaseException, cycle: int = 1) -> RunError:
-    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    return RunError(phase=phase, type=type(exc).__name__, message=str(exc), traceback=text, cycle=cycle)
-
-
-def run_lifecycle(config: Config, progress: Progress | None = None) -> Lifecycle:
+def run_lifecycle(
+    config: Config,
+    progress: Progress | None = None,
+    *,
+    into: Lifecycle | None = None,
+    on_abandon: Abandon | None = None,
+) -> Lifecycle:
     """Run every phase of `config` (`cycles` times) and audit what each shutdown() left behind.
 
-    Raises ConfigError for problems the user fixes in the config; runner exceptions are
-    recorded in `Lifecycle.error` instead. Every shut-down runner stays alive until the end,
-    as the worker that owns it would keep it: `shutdown()` must free memory while the object
-    still exists.
+    Raises ConfigError for problems the user fixes in the config; runner exceptions, time
+    limits and a failing audit are recorded in `Lifecycle.error` instead, and the remaining
+    phases still run. KeyboardInterrupt and leakcheck's stops (SIGTERM) propagate: `into`,
+    when given, then holds everything measured so far. Every shut-down runner stays alive
+    until the end, as the worker that owns it would keep it: `shutdown()` must free memory
+    while the object still exists.
+
+    on_abandon: called from the watchdog thread when a runner call ignores its time limit
+        (the Lifecycle already holds the error); the CLI writes the report and ends the process.
     """
     say = progress or (lambda _message: None)
-    device = resolve_device(config.device, config.where("device"))
-    on_cuda = device.startswith("cuda")
-    result = Lifecycle(device=device)
-    result.environment = {"python": sys.version.split()[0], "torch": torch.__version__, "cuda": torch.version.cuda}
-    say(f"initialising {device}")
-    _initialise(device)
-    probes = MemoryProbes.for_device(device)
-    if probes.nvml and probes.nvml.name:
-        result.environment["gpu"] = probes.nvml.name
-    if on_cuda and config.history:
-        why = start_history()
-        if why:
-            result.notes.append(why)
-    elif on_cuda:
-        result.notes.append("allocation history is off (history: false): no allocation sites")
-    result.memory.append(probes.sample("baseline"))
+    result = into if into is not None else Lifecycle(device=config.device)
+    with exits_contained():
+        exits_at_start = exit_attempts()
+        result.enter("starting")
+        device = resolve_device(config.device, config.where("device"))
+        result.set_device(device)
+        on_cuda = device.startswith("cuda")
+        # Plain str: torch.__version__ is a TorchVersion, which the report's JSON does not know.
+        versions = {"python": sys.version.split()[0], "torch": str(torch.__version__), "cuda": torch.version.cuda}
+        for name, value in versions.items():
+            result.set_environment(name, value)
+        say(f"initialising {device}")
+        _initialise(device)
+        probes = MemoryProbes.for_device(device)
+        if probes.nvml and probes.nvml.name:
+            result.set_environment("gpu", probes.nvml.name)
+        if on_cuda and config.history:
+            why = start_history()
+            if why:
+                result.note(why)
+        elif on_cuda:
+            result.note("allocation history is off (history: false): no allocation sites")
+        result.add_sample(probes.sample("baseline"))
+        abandon = _abandoner(result, probes, on_abandon)
 
-    runners: list[object] = []
-    for cycle in range(1, config.cycles + 1):
-        baseline = take_baseline(device)
-        runner = _one_cycle(config, device, cycle, probes, result, say)
-        if runner is not None:
-            runners.append(runner)
-            result.environment["runner"] = type(runner).__name__
-        say("auditing the heap")
-        result.audit_memory = [probes.sample("audit:before", cycle)]
-        result.audit = audit(runner, device, baseline, caller_frames=False, progress=say)
-        result.audit_memory.append(probes.sample("audit:after", cycle))
-        result.audits.append(result.audit)
-        result.timings.update(result.audit.timings)
-        del runner, baseline
-        say("collecting")
-        gc.collect()
-        if on_cuda:
-            torch.cuda.empty_cache()
-        result.memory.append(probes.sample("collected", cycle))
-        if on_cuda:
-            result.pinned_segments.append(pinned_by_leaks(AllocatorState.capture(device), result.storages()))
-        if result.error is not None:
-            break
+        runners: list[object] = []
+        for cycle in range(1, config.cycles + 1):
+            result.enter("baseline", cycle)
+            baseline = take_baseline(device)
+            runner = _one_cycle(config, device, cycle, probes, result, say, abandon)
+            if runner is not None:
+                runners.append(runner)
+                result.set_environment("runner", type_name(type(runner)))
+            result.enter("audit", cycle)
+            say("auditing the heap")
+            before = probes.sample("audit:before", cycle)
+            found = _audit(runner, device, baseline, cycle, result, say)
+            result.set_audit_memory([before, probes.sample("audit:after", cycle)])
+            if found is not None:
+                result.add_audit(found)
+            del runner, baseline, found
+            result.enter("collect", cycle)
+            say("collecting")
+            gc.collect()
+            if on_cuda:
+                torch.cuda.empty_cache()
+            result.add_sample(probes.sample("collected", cycle))
+            if on_cuda:
+                result.add_pinned_segments(pinned_by_leaks(AllocatorState.capture(device), result.storages()))
+            _stray_exits(result, exits_at_start)
+            if result.error is not None:
+                break
 
-    if on_cuda:
-        say("reconciling with the allocator")
-        result.reconciliation = _reconcile(device, result)
-        if config.history:
-            stop_history()
-    result.notes.extend(probes.all_notes())
-    del runners
+        if on_cuda:
+            result.enter("reconcile")
+            say("reconciling with the allocator")
+            result.set_reconciliation(_reconcile(device, result))
+            if config.history:
+                stop_history()
+        for note in probes.all_notes():
+            result.note(note)
+        del runners
     return result
 
 
-def _one_cycle(
-    config: Config, device: str, cycle: int, probes: MemoryProbes, result: Lifecycle, say: Progress
-) -> object | None:
-    """Load, warm up and shut down one runner, sampling memory after each phase."""
-    runner = None
-    started = time.perf_counter()
-    say(f"cycle {cycle}: loading {config.runner.factory}" if config.cycles > 1 else f"loading {config.runner.factory}")
+def _abandoner(result: Lifecycle, probes: MemoryProbes, on_abandon: Abandon | None) -> Abandon | None:
+    """What the watchdog does with a runner call that ignored its limit: record the error and
+    the memory at that moment, then hand over to the caller (which ends the process)."""
+    if on_abandon is None:
+        return None
+    sample_names = {"load": "loaded", "warmup": "warmed", "shutdown": "shutdown"}
+
+    def abandon(error: RunError) -> None:
+        result.fail(error)
+        try:
+            result.add_sample(probes.sample(sample_names.get(error.phase, error.phase), error.cycle))
+        except Exception:  # the report matters more than one more sample
+            pass
+        on_abandon(error)
+
+    return abandon
+
+
+def _audit(
+    runner: object | None, device: str, baseline: Any, cycle: int, result: Lifecycle, say: Progress
+) -> Audit | None:
+    """The heap audit; if it fails, the run keeps what it measured and reports the failure."""
     try:
-        factory = load_factory(config)
-        kwargs = _factory_kwargs(factory, config.runner.args, device)
-        _check_arguments(factory, kwargs, config.where("runner", "args"), "runner.args", config.runner.factory)
-        runner = factory(**kwargs)
-        del kwargs
-    except ConfigError:
+        return audit(runner, device, baseline, caller_frames=False, progress=say)
+    except (KeyboardInterrupt, LeakcheckStop):
         raise
-    except (Exception, SystemExit) as exc:
-        result.error = _error("load", exc, cycle)
-    result.timings["load_s"] = time.perf_counter() - started
-    result.memory.append(probes.sample("loaded", cycle))
-    if runner is None:
-        result.memory.append(probes.sample("shutdown", cycle))
+    except BaseException as exc:  # noqa: B036 - a RecursionError or a RunnerExit from a __del__ too
+        result.fail(describe("audit", exc, cycle, "the heap audit"))
         return None
 
-    _check_methods(config, runner)
+
+def _stray_exits(result: Lifecycle, since: int) -> None:
+    """`os._exit` from a runner thread outside the runner's calls still makes the run an error."""
+    stray = exit_attempts_since(since)
+    if stray and result.error is None:
+        result.fail(
+            RunError(
+                phase=result.phase,
+                type=type_name(RunnerExit),
+                message=f"runner code called {stray[0]} during {result.phase}: leakcheck stopped it"
+                " from ending the process",
+                cycle=result.cycle,
+            )
+        )
+
+
+def _one_cycle(
+    config: Config,
+    device: str,
+    cycle: int,
+    probes: MemoryProbes,
+    result: Lifecycle,
+    say: Progress,
+    abandon: Abandon | None,
+) -> object | None:
+    """Load, warm up and shut down one runner, sampling memory after each phase."""
+    limits = config.timeout
+    factory_spec = config.runner.factory
+    result.enter("load", cycle, limits.load)
+    say(f"cycle {cycle}: loading {factory_spec}" if config.cycles > 1 else f"loading {factory_spec}")
     started = time.perf_counter()
+    call = RunnerCall("load", f"the factory {factory_spec}", cycle, limits.load, abandon)
+    loaded = call_runner(call, lambda: _load(config, device))
+    raise_if_requested()
+    runner, error = loaded.value, loaded.error
+    del loaded
+    if error is None and runner is None:
+        error = RunError(
+            phase="load",
+            type="NoRunner",
+            message=f"the factory {factory_spec} returned None: there is no runner to warm up, shut down or audit",
+            cycle=cycle,
+        )
+    if error is not None:
+        result.fail(error)
+    result.set_timing("load_s", time.perf_counter() - started)
+    result.add_sample(probes.sample("loaded", cycle))
+    if runner is None:
+        result.add_sample(probes.sample("shutdown", cycle))
+        return None
+
+    result.enter("warmup", cycle, limits.warmup)
+    started = time.perf_counter()
+    deadline = None if limits.warmup is None else started + limits.warmup
     for step in config.warmup:
         if result.error:
             break
         for _ in range(step.repeat):
             say(f"warm-up: {step.call}")
-            try:
-                getattr(runner, step.call)(**step.args)  # the return value is dropped at once
-            except (Exception, SystemExit) as exc:
-                result.error = _error("warmup", exc, cycle)
+            left = None if deadline is None else max(deadline - time.perf_counter(), 0.001)
+            call = RunnerCall("warmup", f"warm-up call {step.call}()", cycle, left, abandon, budget=limits.warmup)
+            warmed = call_runner(call, lambda step=step: getattr(runner, step.call)(**step.args))
+            raise_if_requested()
+            error = warmed.error
+            del warmed  # the return value is dropped at once
+            if error is not None:
+                result.fail(error)
                 break
-    result.timings["warmup_s"] = time.perf_counter() - started
-    result.memory.append(probes.sample("warmed", cycle))
+    result.set_timing("warmup_s", time.perf_counter() - started)
+    result.add_sample(probes.sample("warmed", cycle))
 
+    result.enter("shutdown", cycle, limits.shutdown)
     say(f"calling {config.runner.shutdown}()")
     started = time.perf_counter()
-    try:
+
+    def shut_down() -> None:
         getattr(runner, config.runner.shutdown)()
-    except (Exception, SystemExit) as exc:
-        error = _error("shutdown", exc, cycle)
-        if result.error is None:
-            result.error = error
-        else:
-            result.notes.append(f"shutdown() also raised {error.type}: {error.message}")
-    if device.startswith("cuda"):
-        torch.cuda.synchronize(device)
-    result.timings["shutdown_s"] = time.perf_counter() - started
-    result.memory.append(probes.sample("shutdown", cycle))
+        if device.startswith("cuda"):  # a sticky CUDA error or a stuck kernel shows here
+            torch.cuda.synchronize(device)
+
+    call = RunnerCall("shutdown", f"{config.runner.shutdown}()", cycle, limits.shutdown, abandon)
+    shut = call_runner(call, shut_down)
+    raise_if_requested()
+    if shut.error is not None:
+        result.fail(shut.error)
+    del shut
+    result.set_timing("shutdown_s", time.perf_counter() - started)
+    result.add_sample(probes.sample("shutdown", cycle))
+    return runner
+
+
+def _load(config: Config, device: str) -> object | None:
+    """Import the factory, call it, and check the runner has the methods the config names:
+    all runner code (the module's import runs it too), so all under the load phase's limit."""
+    factory = load_factory(config)
+    kwargs = _factory_kwargs(factory, config.runner.args, device)
+    _check_arguments(factory, kwargs, config.where("runner", "args"), "runner.args", config.runner.factory)
+    runner = factory(**kwargs)
+    del kwargs
+    if runner is not None:
+        _check_methods(config, runner)
     return runner
 
 
@@ -297,6 +387,6 @@ def _reconcile(device: str, result: Lifecycle) -> Reconciliation | None:
         clear()
         after = {b.address for b in AllocatorState.capture(device).active_blocks()}
         workspaces = before - after
-        result.notes.append("leakcheck freed torch's cuBLAS workspaces after the last phase, to tell them apart")
+        result.note("leakcheck freed torch's cuBLAS workspaces after the last phase, to tell them apart")
     baseline = next(m for m in result.memory if m.phase == "baseline")
     return reconcile(state, result.storages(), baseline, result.memory[-1], workspaces)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from fnmatch import fnmatchcase
 
 from leakcheck.config import Config
-from leakcheck.lifecycle.phases import Lifecycle
-from leakcheck.report.model import CYCLE, Audit, Cycle, Owner, Report
+from leakcheck.lifecycle.record import Lifecycle
+from leakcheck.report.model import CYCLE, Audit, Cycle, Owner, Report, RunError
 
 
 def is_allowed(path: str, patterns: list[str]) -> bool:
@@ -23,6 +23,9 @@ def build_report(
 
     A storage counts as leaked when at least one holder that is neither allowed nor garbage
     still pins it: bytes an allowed owner shares with a forgotten one are still a leak.
+
+    Only an audit can pass: a run that audited nothing (and recorded no error to say why)
+    is an error, never a pass with zero bytes.
     """
     limit = config.gate.max_leaked_bytes if max_leaked_bytes is None else max_leaked_bytes
     patterns = config.gate.allow
@@ -62,6 +65,12 @@ def build_report(
     if report.cycles and lifecycle.pinned_segments:
         report.leaked_reserved_bytes = report.cycles[-1].leaked_reserved_bytes
     report.nvml_growth_bytes = nvml_growth(report)
+    if report.error is None and found is None:
+        report.error = RunError(
+            phase="audit",
+            type="NotAudited",
+            message="no audit ran, so nothing was measured that could pass the gate",
+        )
     if report.error is not None:
         report.verdict = "error"
     elif report.leaked_bytes > limit:
@@ -131,15 +140,16 @@ def _difference(end: int | None, start: int | None) -> int | None:
 
 def release_lines(owners: list[Owner]) -> list[str]:
     """What shutdown() should add, largest first; one line per holder, garbage cycles once."""
-    lines: list[str] = []
+    lines: dict[str, None] = {}  # insertion-ordered set: linear in holders
+    collect_suggested = False
     for owner in owners:
         if owner.allowed or not owner.fix:
             continue
-        if owner.kind == CYCLE and any(line.startswith("gc.collect()") for line in lines):
+        if owner.kind == CYCLE and collect_suggested:
             continue
-        if owner.fix not in lines:
-            lines.append(owner.fix)
-    return lines
+        lines.setdefault(owner.fix)
+        collect_suggested = collect_suggested or owner.fix.startswith("gc.collect()")
+    return list(lines)
 
 
 def exit_code(report: Report) -> int:

@@ -157,6 +157,10 @@ class RunError:
     message: str
     traceback: str | None = None
     cycle: int = 1
+    # For a phase that ran out of time or a process that crashed: each thread's Python stack
+    # at that moment (thread label -> text), and the innermost frame of runner code it was in.
+    stacks: dict[str, str] = field(default_factory=dict)
+    stuck_at: str | None = None
 
 
 @dataclass
