@@ -12,20 +12,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
+from leakcheck.engine import torch_internals
 from leakcheck.engine.allocator import DEFAULT_POOL, AllocatorState, site_label
 from leakcheck.engine.heap import TypeIndex, build_graph, collector_paused, reveal_frozen_objects
 from leakcheck.engine.owners import Leaked, effective_owners, find_owners
 from leakcheck.engine.roots import capture_live_frames, frame_references, index_roots
+from leakcheck.engine.safe_read import type_name
 from leakcheck.engine.tensors import (
     Baseline,
     StorageKey,
     hidden_edges,
-    is_pinned_tensor,
     normalize_device,
-    storage_of,
+    storages_of,
     tensor_nodes,
+    tensor_reads,
 )
 from leakcheck.report.model import FREED_BY_COLLECTOR, Audit, Owner, SharedHold, Site, Storage
 
@@ -111,18 +112,12 @@ def audit(
 
 def cuda_pool_types() -> tuple[type, ...]:
     """Classes whose objects own a private pool of the CUDA caching allocator."""
-    candidates = (getattr(torch._C, "_CUDAGraph", None), getattr(torch._C, "_MemPool", None))
-    return tuple(t for t in candidates if isinstance(t, type))
+    return torch_internals.cuda_pool_types()
 
 
 def pool_id(holder: object) -> tuple[int, int] | None:
     """The private pool a CUDA graph or MemPool owns, as the allocator names it."""
-    try:
-        get_pool = getattr(holder, "pool", None)
-        pool = get_pool() if callable(get_pool) else getattr(holder, "id", None)
-        return (int(pool[0]), int(pool[1])) if pool is not None else None
-    except Exception:  # a graph not captured yet owns no pool
-        return None
+    return torch_internals.pool_id(holder)
 
 
 @dataclass
@@ -193,51 +188,57 @@ def _share_pinned_segments(allocator: AllocatorState, by_block: dict[int, dict])
 
 
 def _find_storages(objects: list, nodes: np.ndarray, device: str, exclude: set[StorageKey], pinned: bool) -> _Found:
-    """Tensors on `device` (and pinned host tensors, when auditing CUDA) not alive at baseline."""
+    """Tensors on `device` (and pinned host tensors, when auditing CUDA) not alive at baseline.
+
+    Every block a tensor owns is added (a sparse tensor has several); one whose storage could
+    not be read is added as unknown bytes with its reason, so it can never pass unseen. A
+    tensor whose device could not be read counts on the audited device.
+    """
     found = _Found()
-    tensor = None
-    for node in nodes.tolist():
-        tensor = objects[node]
-        located = storage_of(tensor)
-        if located is None:
-            continue
-        key, nbytes = located
-        is_pinned = pinned and key[0] == "cpu" and is_pinned_tensor(tensor)
-        if (key[0] != device and not is_pinned) or key in exclude:
-            continue
-        meta = found.add(
-            key,
-            node,
-            {
-                "kind": "tensor",
-                "device": key[0],
-                "address": key[1],
-                "nbytes": nbytes,
-                "dtype": str(tensor.dtype).replace("torch.", ""),
-                "shape": list(tensor.shape),
-                "numel": tensor.numel(),
-                "pinned": is_pinned,
-                "pool": None,
-            },
-        )
-        if tensor.numel() > meta["numel"]:
-            meta.update(dtype=str(tensor.dtype).replace("torch.", ""), shape=list(tensor.shape), numel=tensor.numel())
-    tensor = None  # no reference to a tensor may outlive this loop: it would look untracked
+    # Reads hold no tensor (an unreadable one is keyed by its id): none may outlive this
+    # function, or it would look like an untracked reference.
+    with tensor_reads():
+        owned = [(node, storages_of(objects[node], check_pinned=pinned)) for node in nodes.tolist()]
+    for node, reads in owned:
+        for read in reads:
+            is_pinned = pinned and read.device == "cpu" and read.pinned
+            if (read.device is not None and read.device != device and not is_pinned) or read.key in exclude:
+                continue
+            meta = found.add(
+                read.key,
+                node,
+                {
+                    "kind": "tensor",
+                    "device": read.device or device,
+                    "address": read.address,
+                    "nbytes": read.nbytes,
+                    "dtype": read.dtype,
+                    "shape": list(read.shape),
+                    "numel": read.numel,
+                    "pinned": is_pinned,
+                    "pool": None,
+                    "layout": read.layout,
+                    "note": read.note,
+                    "unknown": read.unknown,
+                },
+            )
+            if read.numel > meta["numel"]:  # the largest view describes the storage best
+                meta.update(dtype=read.dtype, shape=list(read.shape), numel=read.numel)
     return found
 
 
 def _find_pools(objects: list, nodes: np.ndarray, exclude: set[StorageKey], found: _Found) -> None:
     """CUDA graphs and MemPools: each private pool is one leaked item, held through its owners."""
     for node in nodes.tolist():
-        pool = pool_id(objects[node])
+        holder = objects[node]
+        pool = pool_id(holder)
         if pool is None or ("pool", pool) in exclude:
             continue
-        kind = "mem_pool" if hasattr(objects[node], "use_count") else "graph_pool"
         found.add(
             ("pool", pool),
             node,
             {
-                "kind": kind,
+                "kind": "mem_pool" if torch_internals.is_mem_pool(holder) else "graph_pool",
                 "device": "",
                 "address": 0,
                 "nbytes": 0,
@@ -246,7 +247,7 @@ def _find_pools(objects: list, nodes: np.ndarray, exclude: set[StorageKey], foun
                 "numel": 0,
                 "pinned": False,
                 "pool": list(pool),
-                "type": type(objects[node]).__name__,
+                "type": type_name(type(holder)),
             },
         )
 
@@ -330,6 +331,10 @@ def _summarize(device, leaked, storages, ownership, heap_objects, heap_edges, ba
                 pool=meta["pool"],
                 pinned=meta["pinned"],
                 idle=meta.get("idle", False),
+                layout=meta.get("layout", "strided"),
+                note=meta.get("note"),
+                unknown=meta.get("unknown", False),
+                evaluable=bool(example and example[1]),
             )
         )
     storage_reports.sort(key=lambda s: -s.nbytes)

@@ -125,8 +125,11 @@ class TypeIndex:
 
     def extend(self, objects: list) -> None:
         types = list(map(type, objects))
-        self.type_ids = np.concatenate([self.type_ids, ids_of(types)])
-        self.types.update((id(t), t) for t in set(types))
+        type_ids = ids_of(types)
+        self.type_ids = np.concatenate([self.type_ids, type_ids])
+        # Distinct types by address, not set(types): hashing a class runs its metaclass's __hash__.
+        distinct, first = np.unique(type_ids, return_index=True)
+        self.types.update(zip(distinct.tolist(), [types[i] for i in first.tolist()]))
 
     def nodes(self, predicate: Callable[[type], bool]) -> np.ndarray:
         """Indices of objects whose type satisfies `predicate` (checked once per distinct type)."""

@@ -28,6 +28,8 @@ from scipy.sparse.csgraph import connected_components
 from leakcheck.engine.heap import HeapGraph, expand, ids_of
 from leakcheck.engine.paths import describe_chain, indexed_containers, join
 from leakcheck.engine.roots import Handle, RootIndex
+from leakcheck.engine.safe_read import type_name
+from leakcheck.engine.tensors import tensor_label
 from leakcheck.engine.walks import Walker
 from leakcheck.report.model import CLOSURE, CYCLE, FREED_BY_COLLECTOR, FROZEN_GARBAGE, UNATTRIBUTED, UNTRACKED
 
@@ -208,7 +210,7 @@ def find_owners(
         for target, group in by_target.items():
             visit(group, [target])
         for members in _garbage_cycles(sub, garbage):
-            kinds = sorted({type(objects[m]).__name__ for m in members.tolist()})
+            kinds = sorted({type_name(type(objects[m])) for m in members.tolist()})
             label = f"<garbage cycle of {members.size} objects: {', '.join(kinds[:4])}>"
             is_frozen = frozen is not None and bool(frozen[members].any())
             visit([_cycle_handle(label, is_frozen)], sub.local[members].tolist(), prefix_evaluable=False)
@@ -315,7 +317,7 @@ def _untracked(
 ) -> None:
     for storage, nodes in by_storage.items():
         tensor = graph.objects[nodes[0]]
-        label = f"<untracked reference to {_tensor_label(tensor)}>"
+        label = f"<untracked reference to {tensor_label(tensor)}>"
         path = example[storage][0] if example[storage] else label
         handle = Handle(
             label,
@@ -356,22 +358,14 @@ def _unattributed(
     )
     examples = []
     for storage in orphan[:EXAMPLES_PER_OWNER]:
-        examples.append((storage, f"<{_tensor_label(graph.objects[int(leaked.nodes[first[storage]])])}>", False))
+        examples.append((storage, f"<{tensor_label(graph.objects[int(leaked.nodes[first[storage]])])}>", False))
     for storage in orphan:
         owner_sets[storage].append(len(holders))
         example[storage] = example[storage] or (
-            f"<{_tensor_label(graph.objects[int(leaked.nodes[first[storage]])])}>",
+            f"<{tensor_label(graph.objects[int(leaked.nodes[first[storage]])])}>",
             False,
         )
     holders.append(Holder(handle=handle, storages=np.array(orphan), tensors=len(orphan), examples=examples))
-
-
-def _tensor_label(tensor: object) -> str:
-    try:
-        shape = "x".join(str(d) for d in tensor.shape)  # type: ignore[attr-defined]
-        return f"{type(tensor).__name__}[{shape}] {str(tensor.dtype).replace('torch.', '')}"  # type: ignore[attr-defined]
-    except Exception:
-        return type(tensor).__name__
 
 
 def effective_owners(owner_sets: list[list[int]], holders: list[Holder]) -> list[list[int]]:

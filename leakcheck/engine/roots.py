@@ -6,16 +6,19 @@ the runner (`runner.NAME`), a module's dict (`pkg.mod.NAME`), a class's dict
 its owners stops at root containers and at barriers (modules, type objects, leakcheck's own
 frames): a path never goes through a function's `__globals__` or an instance's class, since
 the module global or class attribute is its own root.
+
+Every module and class in the process is indexed, so one lazy module (`__getattr__`), one
+hostile metaclass or one dead proxy anywhere must not stop the audit: nothing here uses
+getattr on a module or class; each is read through safe_read, under its own guard.
 """
 
 from __future__ import annotations
 
-import inspect
 import os
 import sys
 import threading
 import types
-from collections.abc import Iterator, MutableMapping, MutableSequence, MutableSet
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,17 +28,42 @@ import leakcheck
 from leakcheck.engine.heap import HeapGraph, TypeIndex, ids_of
 from leakcheck.engine.paths import (
     MODULE_TABLES,
+    TEXT_CAP,
     attribute_step,
-    attributes,
     key_step,
     module_entry_step,
-    own_dict,
+    name_step,
+    shortened,
+)
+from leakcheck.engine.safe_read import (
+    LRU_WRAPPER_TYPE,
+    MISSING,
+    attribute_pairs,
+    class_lookup,
+    class_namespace,
+    elements_of,
+    exact_str,
+    instance_dict,
+    instance_of,
+    is_exact_clearable,
+    items_of,
+    module_name,
+    module_namespace,
+    namespace_reads_back,
+    read_locals,
+    shadowed_names,
+    str_entry,
+    subscript_reads_back,
+    type_facts_cached,
+    type_module,
+    type_qualname,
 )
 from leakcheck.report.model import ATTRIBUTE, CLASS_ATTRIBUTE, FRAME, GLOBAL
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(leakcheck.__file__))
 _EXAMPLES_DIR = os.path.join(_PACKAGE_DIR, "examples")
-_CLEARABLE = (MutableMapping, MutableSequence, MutableSet)
+_SKIPPED_NAMES = ("__builtins__", "__dict__", "__weakref__")
+_PREFIX_CAP = 4 * TEXT_CAP
 
 
 def is_own_module(name: str) -> bool:
@@ -43,8 +71,11 @@ def is_own_module(name: str) -> bool:
     return (name == "leakcheck" or name.startswith("leakcheck.")) and not name.startswith("leakcheck.examples")
 
 
-def is_own_code(filename: str) -> bool:
-    path = os.path.abspath(filename)
+def is_own_code(filename: object) -> bool:
+    text = exact_str(filename)
+    if text is None:
+        return False
+    path = os.path.abspath(text)
     return path.startswith(_PACKAGE_DIR + os.sep) and not path.startswith(_EXAMPLES_DIR + os.sep)
 
 
@@ -68,7 +99,23 @@ class RootContainer:
     evaluable: bool = True
     detail: str | None = None
 
-    def handles(self) -> Iterator[Handle]:
+    def handles(self) -> list[Handle]:
+        """The container's named entries, read under a guard.
+
+        A container whose reading fails part-way keeps the entries read so far; what it
+        alone held is then reported as unattributed, still counted, and no other container
+        loses anything.
+        """
+        produced: list[Handle] = []
+        with type_facts_cached():
+            try:
+                for handle in self._entries():
+                    produced.append(handle)
+            except Exception:
+                pass
+        return produced
+
+    def _entries(self) -> Iterator[Handle]:
         if self.kind == ATTRIBUTE:
             yield from _attribute_handles(self.obj, self.prefix)
         elif self.kind == FRAME:
@@ -78,25 +125,28 @@ class RootContainer:
 
 
 def _attribute_handles(obj: object, prefix: str) -> Iterator[Handle]:
-    if isinstance(obj, dict):
-        for key, value in list(obj.items()):
-            step = key_step(key)
+    if instance_of(obj, dict):
+        reads_back = subscript_reads_back(obj)
+        for key, value in items_of(obj):  # type: ignore[arg-type]
+            step = key_step(key, reads_back)
             yield Handle(prefix + step.text, ATTRIBUTE, value, step.evaluable, fix=f"del {prefix}{step.text}")
         return
-    if isinstance(obj, (list, tuple)):
-        for index, value in enumerate(obj):
-            yield Handle(f"{prefix}[{index}]", ATTRIBUTE, value, fix=f"{prefix}.clear()")
+    elements = elements_of(obj)
+    if elements is not None:
+        reads_back = subscript_reads_back(obj)
+        for index, value in enumerate(elements):
+            yield Handle(f"{prefix}[{index}]", ATTRIBUTE, value, reads_back, fix=f"{prefix}.clear()")
         return
-    attrs = attributes(obj)
-    module = obj if isinstance(obj, torch.nn.Module) else None
-    for name, value in attrs.items():
-        if module is not None and name in MODULE_TABLES and isinstance(value, dict):
-            for key, entry in list(value.items()):
-                step = module_entry_step(module, name, key)
-                yield Handle(prefix + step.text, ATTRIBUTE, entry, fix=f"del {_self(prefix)}{step.text}")
+    module = instance_of(obj, torch.nn.Module)
+    for name, value in attribute_pairs(obj):
+        if module and type(name) is str and name in MODULE_TABLES and type(value) is dict:
+            for key, entry in items_of(value):
+                step = module_entry_step(obj, name, key)
+                fix = f"del {_self(prefix)}{step.text}"
+                yield Handle(prefix + step.text, ATTRIBUTE, entry, step.evaluable, fix=fix)
             continue
         step = attribute_step(obj, name)
-        yield Handle(prefix + step.text, ATTRIBUTE, value, fix=f"del {_self(prefix)}{step.text}")
+        yield Handle(prefix + step.text, ATTRIBUTE, value, step.evaluable, fix=f"del {_self(prefix)}{step.text}")
 
 
 def _self(prefix: str) -> str:
@@ -105,34 +155,65 @@ def _self(prefix: str) -> str:
 
 
 def _namespace_handles(container: RootContainer) -> Iterator[Handle]:
-    namespace = vars(container.obj)
-    for name, value in list(namespace.items()):
-        if not isinstance(name, str) or name in ("__builtins__", "__dict__", "__weakref__"):
+    """`pkg.mod.NAME` for a module's globals, `pkg.mod.Class.NAME` for a class's attributes.
+
+    Names that are not short identifiers are shown as `.__dict__[...]`, shortened (and not
+    evaluable) past a small cap; a name a metaclass or module subclass would answer with its
+    own descriptor is not evaluable either.
+    """
+    owner = container.obj
+    is_class = container.kind == CLASS_ATTRIBUTE
+    namespace = class_namespace(owner) if is_class else module_namespace(owner)  # type: ignore[arg-type]
+    if namespace is None:
+        return
+    shadowed = shadowed_names(owner)
+    dict_reads_back = namespace_reads_back(owner)
+    for name, value in items_of(namespace):
+        if type(name) is str and name in _SKIPPED_NAMES:
             continue
-        path = f"{container.prefix}.{name}" if name.isidentifier() else f"{container.prefix}.__dict__[{name!r}]"
-        yield Handle(path, container.kind, value, container.evaluable, fix=release_line(path, value))
+        reads_back = shadowed is not None and type(name) is str and name not in shadowed
+        if is_class:  # `Class.name` runs the value's __get__: a classmethod or property is not itself
+            reads_back = reads_back and _binds_to_itself(value)
+        step = name_step(name, reads_back, dict_reads_back)
+        path = container.prefix + step.text
+        evaluable = container.evaluable and step.evaluable
+        yield Handle(path, container.kind, value, evaluable, fix=release_line(path, value, evaluable))
 
 
-def release_line(path: str, value: object) -> str:
-    """The line a shutdown() would add to drop a global or class attribute."""
-    if type(value).__name__ == "_lru_cache_wrapper":
+def _binds_to_itself(value: object) -> bool:
+    """Whether `Class.name` gives back the stored value (a plain function does; a classmethod,
+    staticmethod or property gives something else)."""
+    return type(value) is types.FunctionType or class_lookup(type(value), "__get__") is MISSING
+
+
+def release_line(path: str, value: object, evaluable: bool = True) -> str:
+    """The line a shutdown() would add to drop a global or class attribute.
+
+    `.clear()` only where it is the builtin's own, `.cache_clear()` for a real lru_cache
+    wrapper; the value's type is read exactly (its `__class__` can lie).
+    """
+    if not evaluable:
+        return f"# release {path}"
+    if LRU_WRAPPER_TYPE is not None and type(value) is LRU_WRAPPER_TYPE:
         return f"{path}.cache_clear()"
-    if isinstance(value, _CLEARABLE):
+    if is_exact_clearable(value):
         return f"{path}.clear()"
     return f"{path} = None"
 
 
 def _frame_handles(container: RootContainer) -> Iterator[Handle]:
     live = container.obj
-    assert isinstance(live, LiveFrame)
-    for name, value in list(live.locals.items()):
+    assert type(live) is LiveFrame
+    for name, value in items_of(live.locals):
+        step = key_step(name)
+        shown = exact_str(name) if type(name) is str and len(name) <= TEXT_CAP else None
         yield Handle(
-            f"{container.prefix}.f_locals[{name!r}]",
+            f"{container.prefix}.f_locals{step.text}",
             FRAME,
             value,
             evaluable=False,
             detail=container.detail,
-            fix=f"# let {live.function} return, or drop its local {name!r}",
+            fix=f"# let {live.function} return" + (f", or drop its local {shown!r}" if shown else ""),
         )
 
 
@@ -151,13 +232,27 @@ class LiveFrame:
     locals: dict
 
 
+def _thread_names() -> dict[int, str]:
+    """ident -> name of live threads, read from each Thread's own dict (a subclass may
+    override the `name` and `ident` properties)."""
+    names: dict[int, str] = {}
+    for thread in threading.enumerate():
+        namespace = instance_dict(thread)
+        if namespace is None:
+            continue
+        ident, name = str_entry(namespace, "_ident"), exact_str(str_entry(namespace, "_name"))
+        if type(ident) is int and name is not None:
+            names[ident] = name[:TEXT_CAP]
+    return names
+
+
 def capture_live_frames(caller_frames: bool) -> list[LiveFrame]:
     """Frames of other threads, and (for API use) the caller's frames on this thread.
 
     leakcheck's own frames are never captured: they are the auditor, not the audited.
     """
     own_thread = threading.get_ident()
-    names = {t.ident: t.name for t in threading.enumerate()}
+    names = _thread_names()
     captured = []
     for ident, top in sys._current_frames().items():
         if ident == own_thread and not caller_frames:
@@ -166,47 +261,33 @@ def capture_live_frames(caller_frames: bool) -> list[LiveFrame]:
         for frame in frame_stack(top):
             if is_own_code(frame.f_code.co_filename):
                 continue
-            code = frame.f_code
-            function = getattr(code, "co_qualname", code.co_name)
+            function = _code_name(frame.f_code)
             if ident == own_thread:
                 label, detail = frame_label(frame, None), "the caller's frame"
             else:
                 label, detail = frame_label(frame, thread), f"live frame of thread {thread}"
-            captured.append(LiveFrame(label, function, detail, read_locals(frame)))
+            try:
+                copy = read_locals(frame)
+            except Exception:  # a frame whose locals cannot be read is left out, not fatal
+                continue
+            captured.append(LiveFrame(label, function, detail, copy))
     return captured
-
-
-def read_locals(frame: types.FrameType) -> dict:
-    """A copy of an executing frame's locals that leaves the frame as it was.
-
-    Before Python 3.13 (PEP 667), `frame.f_locals` on a function frame fills a dict cached
-    on the frame, which keeps every value alive until the frame next syncs it: a runner the
-    thread deletes after the audit would stay alive. So the cache is emptied again after
-    copying (the next `locals()` or trace call refills it from the real locals first).
-    Module and class frames are left alone: their f_locals is the namespace itself.
-    """
-    namespace = frame.f_locals
-    copy = dict(namespace)
-    if (
-        sys.version_info < (3, 13)
-        and frame.f_code.co_flags & inspect.CO_OPTIMIZED
-        and isinstance(namespace, dict)
-        and namespace is not frame.f_globals
-    ):
-        namespace.clear()
-    return copy
 
 
 def frame_references(frames: list[LiveFrame]) -> list[tuple[object, object]]:
     """(locals copy, value) pairs standing for the references an executing frame holds."""
-    return [(live.locals, value) for live in frames for value in live.locals.values()]
+    return [(live.locals, value) for live in frames for _, value in items_of(live.locals)]
+
+
+def _code_name(code: types.CodeType) -> str:
+    name = exact_str(getattr(code, "co_qualname", code.co_name)) or "?"
+    return name[:TEXT_CAP]
 
 
 def frame_label(frame: types.FrameType, thread: str | None) -> str:
     code = frame.f_code
-    name = getattr(code, "co_qualname", code.co_name)
-    where = f"{os.path.basename(code.co_filename)}:{frame.f_lineno}"
-    return f"<frame {name} at {where}" + (f" in thread {thread}>" if thread else ">")
+    where = f"{os.path.basename(exact_str(code.co_filename) or '?')}:{frame.f_lineno}"
+    return f"<frame {_code_name(code)} at {where}" + (f" in thread {thread}>" if thread else ">")
 
 
 @dataclass
@@ -216,6 +297,55 @@ class RootIndex:
     graph: HeapGraph
     stop: np.ndarray
     containers: dict[int, RootContainer] = field(default_factory=dict)
+
+
+def _registered_modules() -> dict[int, set[str]]:
+    """id(module) -> the names sys.modules has it under (plain str keys only)."""
+    registered: dict[int, set[str]] = {}
+    if not instance_of(sys.modules, dict):
+        return registered
+    for name, module in items_of(sys.modules):
+        if type(name) is str:
+            registered.setdefault(id(module), set()).add(name)
+    return registered
+
+
+def _prefix(text: str, evaluable: bool) -> tuple[str, bool]:
+    """A root's name, shortened (and then not evaluable) past a cap."""
+    if len(text) > _PREFIX_CAP:
+        return f"<{shortened(text)}>", False
+    return text, evaluable
+
+
+def _module_container(module: object, registered: dict[int, set[str]]) -> tuple[dict | None, RootContainer | None]:
+    """A module's namespace and, unless it is leakcheck's own, the root container naming it."""
+    namespace = module_namespace(module)
+    if namespace is None:
+        return None, None
+    names = registered.get(id(module), set())
+    name = module_name(namespace)
+    if name is None and names:
+        name = min(names)
+    if name is None:
+        return None, None
+    if is_own_module(name):
+        return namespace, None
+    evaluable = name in names and all(part.isidentifier() for part in name.split("."))
+    prefix, evaluable = _prefix(name, evaluable)
+    return namespace, RootContainer(GLOBAL, prefix, module, evaluable=evaluable)
+
+
+def _class_container(cls: type, module_names: set[str]) -> tuple[dict | None, RootContainer | None]:
+    """A class's real namespace and, for user classes, the root container naming it."""
+    namespace = class_namespace(cls)
+    if namespace is None:
+        return None, None
+    module = type_module(cls)
+    if module is None or is_own_module(module):
+        return namespace, None
+    qualname = type_qualname(cls)
+    prefix, evaluable = _prefix(f"{module}.{qualname}", "<" not in qualname and module in module_names)
+    return namespace, RootContainer(CLASS_ATTRIBUTE, prefix, cls, evaluable=evaluable)
 
 
 def index_roots(
@@ -233,8 +363,9 @@ def index_roots(
     owners: list[RootContainer | None] = []
 
     def mark(obj: object, container: RootContainer | None = None) -> None:
-        marked.append(obj)
-        owners.append(container)
+        if obj is not None:
+            marked.append(obj)
+            owners.append(container)
 
     for obj in barriers:
         mark(obj)
@@ -247,36 +378,31 @@ def index_roots(
     if runner is not None:
         runner_container = RootContainer(ATTRIBUTE, "runner", runner)
         mark(runner, runner_container)
-        inner = own_dict(runner)
+        inner = instance_dict(runner)
         if inner is not None:
             mark(inner, runner_container)
-        if isinstance(runner, torch.nn.Module):
-            for table in MODULE_TABLES:
-                mark(getattr(runner, "__dict__", {}).get(table), runner_container)
+            if instance_of(runner, torch.nn.Module):
+                for table in MODULE_TABLES:
+                    value = str_entry(inner, table)
+                    mark(value if value is not MISSING else None, runner_container)
 
+    registered = _registered_modules()
     for module in nodes_of(lambda t: issubclass(t, types.ModuleType)):
         mark(module)
-        namespace = getattr(module, "__dict__", None)
-        name = getattr(module, "__name__", None)
-        if not isinstance(namespace, dict) or not isinstance(name, str):
+        try:
+            namespace, container = _module_container(module, registered)
+        except Exception:  # this module is left as a barrier; its globals become unattributed
             continue
-        if is_own_module(name):
-            mark(namespace)
-        else:
-            mark(namespace, RootContainer(GLOBAL, name, module, evaluable=sys.modules.get(name) is module))
+        mark(namespace, container)
 
+    module_names = {name for names in registered.values() for name in names}
     for cls in nodes_of(lambda t: issubclass(t, type)):
         mark(cls)
-        namespace = _class_dict(cls)
-        if namespace is None:
+        try:
+            namespace, container = _class_container(cls, module_names)
+        except Exception:
             continue
-        module_name = getattr(cls, "__module__", None)
-        if not isinstance(module_name, str) or is_own_module(module_name):
-            mark(namespace)
-            continue
-        qualname = getattr(cls, "__qualname__", cls.__name__)
-        evaluable = "<" not in qualname and sys.modules.get(module_name) is not None
-        mark(namespace, RootContainer(CLASS_ATTRIBUTE, f"{module_name}.{qualname}", cls, evaluable=evaluable))
+        mark(namespace, container)
 
     for live in frames:
         mark(live.locals, RootContainer(FRAME, live.label, live, evaluable=False, detail=live.detail))
@@ -300,17 +426,3 @@ def frame_stack(frame: types.FrameType | None) -> Iterator[types.FrameType]:
     while frame is not None:
         yield frame
         frame = frame.f_back
-
-
-def _class_dict(cls: type) -> dict | None:
-    """The real dict behind `cls.__dict__` (a read-only proxy the gc does not see)."""
-    try:
-        proxy = type.__dict__["__dict__"].__get__(cls)
-    except (TypeError, KeyError):
-        return None
-    import gc
-
-    for referent in gc.get_referents(proxy):
-        if isinstance(referent, dict):
-            return referent
-    return None

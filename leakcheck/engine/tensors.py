@@ -2,6 +2,12 @@
 
 Views, tied weights and `.detach()` copies share one storage; counting tensors would count
 those bytes several times. Everything here is keyed by storage.
+
+A tensor is read without running its subclass's Python (see torch_internals), and every
+tensor yields what it owns: its storage, a sparse tensor's index and value storages, an
+estimate for opaque layouts, nothing for wrappers and meta tensors. A tensor whose storage
+cannot be read is reported as unknown bytes with the reason, never skipped: skipping it is
+how a refusing subclass used to turn a leak into a pass.
 """
 
 from __future__ import annotations
@@ -9,14 +15,50 @@ from __future__ import annotations
 import gc
 import warnings
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from leakcheck.engine import torch_internals as ti
 from leakcheck.engine.heap import TypeIndex
+from leakcheck.engine.safe_read import error_text, is_subtype, type_name
 
-StorageKey = tuple[str, int]  # (device, data pointer)
+StorageKey = tuple  # (device, data pointer); (device, "tensor", id) for bytes read off a tensor
+
+# Sparse layouts: the methods that return their component tensors, each with its own storage.
+_COMPONENTS = {
+    torch.sparse_coo: ("_indices", "_values"),
+    torch.sparse_csr: ("crow_indices", "col_indices", "values"),
+    torch.sparse_csc: ("ccol_indices", "row_indices", "values"),
+    torch.sparse_bsr: ("crow_indices", "col_indices", "values"),
+    torch.sparse_bsc: ("ccol_indices", "row_indices", "values"),
+}
+
+
+@dataclass(frozen=True)
+class StorageRead:
+    """One block of memory a tensor owns, as far as it could be read.
+
+    `key` identifies the block across tensors (two views give one key). `device` is None
+    when even the device could not be read: such bytes count on every audited device.
+    `unknown`: the storage itself could not be read; `nbytes` is then numel x element size
+    where those could be read, else 0, and `note` says why.
+    """
+
+    key: tuple
+    nbytes: int
+    layout: str = "strided"
+    note: str | None = None
+    unknown: bool = False
+    device: str | None = None
+    address: int = 0
+    dtype: str = ""
+    shape: tuple[int, ...] = ()
+    numel: int = 0
+    pinned: bool = False
 
 
 def normalize_device(device: str | torch.device) -> str:
@@ -27,30 +69,216 @@ def normalize_device(device: str | torch.device) -> str:
     return str(dev)
 
 
-def is_pinned_tensor(tensor: torch.Tensor) -> bool:
-    try:
-        return bool(tensor.is_pinned())
-    except Exception:
-        return False
+def _dtype_name(dtype: object) -> str:
+    return str(dtype).replace("torch.", "") if type(dtype) is torch.dtype else "?"
 
 
-def storage_of(tensor: torch.Tensor) -> tuple[StorageKey, int] | None:
-    """(key, bytes) of a tensor's storage; None for tensors without one (meta, sparse, wrappers)."""
+def _itemsize(dtype: object) -> int:
+    if type(dtype) is not torch.dtype:
+        return 0
+    size = getattr(dtype, "itemsize", None)  # torch.dtype is torch's own C type
+    if size is None:  # pragma: no cover - torch < 2.1
+        size = torch.empty(0, dtype=dtype).element_size()
+    return int(size)
+
+
+@contextmanager
+def tensor_reads() -> Iterator[None]:
+    """Subclass dispatch off and torch's warnings (deprecated storage APIs, beta layouts) quiet,
+    entered once for a whole loop of `storages_of` calls."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with ti.no_user_dispatch():
+            yield
+
+
+def read_storages(tensor: object, check_pinned: bool = False) -> list[StorageRead]:
+    """Every block of memory `tensor` owns, read with subclass dispatch off.
+
+    check_pinned: also ask whether host storages are pinned (only CUDA audits care).
+    """
+    with tensor_reads():
+        return storages_of(tensor, check_pinned)
+
+
+def storages_of(tensor: object, check_pinned: bool = False) -> list[StorageRead]:
+    """`read_storages` for callers already inside `tensor_reads()`."""
     try:
-        if tensor.is_meta or tensor.layout != torch.strided:
-            return None
-        storage = tensor.untyped_storage()
-        nbytes = storage.nbytes()
-        pointer = storage.data_ptr()
+        return _read(tensor, check_pinned)
+    except Exception as error:
+        return [_estimate(tensor, "?", f"its storage could not be read ({error_text(error)})", unknown=True)]
+
+
+def _read(tensor: object, check_pinned: bool) -> list[StorageRead]:
+    if ti.has_python_dispatch(tensor):
+        return _read_python_subclass(tensor, check_pinned)
+    device = ti.device(tensor)
+    if device.type == "meta":
+        return []
+    layout = ti.layout(tensor)
+    if type(layout) is not torch.layout:
+        return [_estimate(tensor, "?", "its layout could not be read", unknown=True)]
+    if layout is torch.strided:
+        if ti.is_nested(tensor):
+            return _strided(tensor, "nested", check_pinned, note="nested tensor: its buffer", own_shape=False)
+        return _strided(tensor, "strided", check_pinned)
+    layout_name = str(layout).replace("torch.", "")
+    if layout in _COMPONENTS:
+        reads: list[StorageRead] = []
+        for name in _COMPONENTS[layout]:
+            note = f"{name.strip('_')} of a {layout_name} tensor"
+            reads.extend(_strided(ti.component(name, tensor), layout_name, check_pinned, note, owner=(tensor, name)))
+        return reads
+    if layout in ti.OPAQUE_LAYOUTS:
+        note = f"opaque {ti.OPAQUE_LAYOUTS[layout]} tensor: bytes estimated as numel x element size"
+        return [_estimate(tensor, layout_name, note, unknown=False)]
+    return [_estimate(tensor, layout_name, f"layout {layout_name} has no storage leakcheck can read", unknown=True)]
+
+
+def _strided(
+    tensor: object,
+    layout: str,
+    check_pinned: bool,
+    note: str | None = None,
+    own_shape: bool = True,
+    owner: tuple[object, str] | None = None,
+) -> list[StorageRead]:
+    """A strided tensor's storage. owner: for a sparse tensor's component (a temporary
+    tensor), the sparse tensor and the component's name, to key an estimate by."""
+    storage = ti.untyped_storage(tensor)
+    nbytes = int(storage.nbytes())
+    if nbytes == 0:
+        return []  # an empty tensor holds no memory
+    pointer = int(storage.data_ptr())
+    device = str(storage.device)
+    if pointer == 0:
+        if device.startswith("meta"):
+            return []
+        missing = f"a {nbytes}-byte storage with no data pointer"
+        return [_estimate(tensor, layout, missing, unknown=True, nbytes=nbytes, owner=owner)]
+    dtype = ti.dtype(tensor)
+    if own_shape:
+        shape, count = ti.shape(tensor), ti.numel(tensor)
+    else:
+        count = ti.numel(tensor)
+        shape = (count,)
+    pinned = check_pinned and device == "cpu" and ti.is_pinned(tensor)
+    return [
+        StorageRead(
+            key=(device, pointer),
+            nbytes=nbytes,
+            layout=layout,
+            note=note,
+            device=device,
+            address=pointer,
+            dtype=_dtype_name(dtype),
+            shape=shape,
+            numel=count,
+            pinned=pinned,
+        )
+    ]
+
+
+def _read_python_subclass(tensor: object, check_pinned: bool) -> list[StorageRead]:
+    """A `__torch_dispatch__` subclass: only its storage is read (its metadata is its code's).
+
+    A wrapper subclass (`_make_wrapper_subclass`) has an "invalid python storage" and owns
+    no bytes itself: the tensors it wraps are on the heap and are found on their own.
+    """
+    storage = ti.untyped_storage(tensor)
+    try:
+        pointer = int(storage.data_ptr())
+    except RuntimeError as error:
+        if "invalid python storage" in error_text(error):
+            return []
+        raise
+    nbytes = int(storage.nbytes())
+    device = str(storage.device)
+    if nbytes == 0 or device.startswith("meta"):
+        return []
+    if pointer == 0:
+        note = f"a {nbytes}-byte storage with no data pointer"
+        return [_estimate(tensor, "strided", note, unknown=True, nbytes=nbytes)]
+    dtype = ti.dtype(tensor)
+    itemsize = _itemsize(dtype) or 1
+    return [
+        StorageRead(
+            key=(device, pointer),
+            nbytes=nbytes,
+            note=f"{type_name(type(tensor))} runs __torch_dispatch__: shape not read, storage size shown",
+            device=device,
+            address=pointer,
+            dtype=_dtype_name(dtype),
+            shape=(nbytes // itemsize,),
+            numel=nbytes // itemsize,
+            pinned=check_pinned and device == "cpu" and ti.storage_is_pinned(storage),
+        )
+    ]
+
+
+def _estimate(
+    tensor: object,
+    layout: str,
+    note: str,
+    unknown: bool,
+    nbytes: int | None = None,
+    owner: tuple[object, str] | None = None,
+) -> StorageRead:
+    """Bytes a tensor owns without a readable storage: numel x element size where readable.
+
+    Keyed by the identity of the tensor on the heap (and the component's name, for a part of
+    a sparse tensor), which cannot collide with a data pointer: the tensor's Python object
+    and any storage's bytes are different live allocations.
+    """
+    device: str | None = None
+    dtype: object = None
+    count = 0
+    python_dispatch = True
+    try:
+        python_dispatch = ti.has_python_dispatch(tensor)
+        dtype = ti.dtype(tensor)
+        if not python_dispatch:
+            device = str(ti.device(tensor))
+            count = ti.numel(tensor)
     except Exception:
-        return None
-    if nbytes == 0 or pointer == 0:
-        return None
-    return (str(storage.device), pointer), nbytes
+        pass
+    if nbytes is None:
+        nbytes = count * _itemsize(dtype)
+    if device is None:
+        note += "; device unknown, counted on the audited device"
+    return StorageRead(
+        key=(device or "?", "tensor", id(tensor)) if owner is None else (device or "?", owner[1], id(owner[0])),
+        nbytes=nbytes,
+        layout=layout,
+        note=note,
+        unknown=unknown,
+        device=device,
+        dtype=_dtype_name(dtype),
+        shape=(count,) if count else (),
+        numel=count,
+    )
+
+
+def is_pinned_tensor(tensor: object) -> bool:
+    """Whether the tensor's memory is pinned host memory (read without the subclass's code)."""
+    return any(read.pinned for read in read_storages(tensor, check_pinned=True))
+
+
+def tensor_label(tensor: object) -> str:
+    """`Tensor[1033] float32`, read without the subclass's code; the type name alone if unreadable."""
+    name = type_name(type(tensor))
+    with tensor_reads():
+        try:
+            if ti.has_python_dispatch(tensor):
+                return name
+            shape = "x".join(str(int(d)) for d in ti.shape(tensor))
+            return f"{name}[{shape}] {_dtype_name(ti.dtype(tensor))}"
+        except Exception:
+            return name
 
 
 def is_tensor_type(cls: type) -> bool:
-    return isinstance(cls, type) and issubclass(cls, torch.Tensor)
+    return is_subtype(cls, torch.Tensor)
 
 
 def tensor_nodes(objects: list, types: TypeIndex | None = None) -> np.ndarray:
@@ -64,18 +292,17 @@ def hidden_edges(objects: list, nodes: np.ndarray) -> list[tuple[object, object]
     A tensor's `.grad` and a view's `._base` are not gc referents, yet a `.grad` pins as many
     bytes as its parameter and a view keeps its base's PyObject alive (torch hands the base
     one reference from C++, which would otherwise look like an untracked holder). Tensors
-    that had no Python object yet are created and appended to `objects`.
+    that had no Python object yet are created and appended to `objects`. Read through
+    TensorBase's getters with dispatch off: `.grad` and `._base` reach `__torch_function__`.
     """
     known = {id(objects[node]) for node in nodes.tolist()}
     edges = []
-    getters = [getattr(torch._C.TensorBase, name, None) for name in ("_grad", "_base")]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with tensor_reads():
         for node in nodes.tolist():
             tensor = objects[node]
-            for getter in getters:
+            for getter in (ti.grad, ti.base):
                 try:
-                    held = getter.__get__(tensor) if getter is not None else None
+                    held = getter(tensor)
                 except Exception:
                     continue
                 if held is None:
@@ -103,20 +330,23 @@ class Baseline:
     bytes: int = 0
 
     def live_keys(self) -> set[tuple]:
-        from leakcheck.engine.audit import pool_id
-
         keys: set[tuple] = set()
-        for ref in self.tensors:
-            tensor = ref()
-            found = storage_of(tensor) if tensor is not None else None
-            if found:
-                keys.add(found[0])
+        with tensor_reads():
+            for ref in self.tensors:
+                tensor = ref()
+                if tensor is not None:
+                    keys.update(read.key for read in storages_of(tensor))
         for ref in self.pools:
             holder = ref()
-            pool = pool_id(holder) if holder is not None else None
+            pool = ti.pool_id(holder) if holder is not None else None
             if pool is not None:
                 keys.add(("pool", pool))
         return keys
+
+
+def _belongs(read: StorageRead, device: str, on_cuda: bool) -> bool:
+    """On the audited device, pinned host memory on a CUDA audit, or on a device unknown."""
+    return read.device is None or read.device == device or (on_cuda and read.device == "cpu" and read.pinned)
 
 
 def take_baseline(device: str) -> Baseline:
@@ -124,33 +354,31 @@ def take_baseline(device: str) -> Baseline:
 
     Garbage is collected first: a cycle left over from earlier work is nobody's baseline.
     """
-    from leakcheck.engine.audit import cuda_pool_types
-
     device = normalize_device(device)
     on_cuda = device.startswith("cuda")
     gc.collect()
     objects = gc.get_objects()
     types = TypeIndex(objects)
     baseline = Baseline(device=device)
-    seen: set[StorageKey] = set()
-    for node in types.nodes(is_tensor_type).tolist():
-        tensor = objects[node]
-        found = storage_of(tensor)
-        if found is None:
-            continue
-        if found[0][0] != device and not (on_cuda and found[0][0] == "cpu" and is_pinned_tensor(tensor)):
-            continue
-        try:
-            baseline.tensors.append(weakref.ref(tensor))
-        except TypeError:
-            continue
-        if found[0] not in seen:
-            seen.add(found[0])
-            baseline.storages += 1
-            baseline.bytes += found[1]
-    pool_types = cuda_pool_types() if on_cuda else ()
+    seen: set[tuple] = set()
+    with tensor_reads():
+        for node in types.nodes(is_tensor_type).tolist():
+            tensor = objects[node]
+            reads = [r for r in storages_of(tensor, check_pinned=on_cuda) if _belongs(r, device, on_cuda)]
+            if not reads:
+                continue
+            try:
+                baseline.tensors.append(weakref.ref(tensor))
+            except TypeError:
+                continue
+            for read in reads:
+                if read.key not in seen:
+                    seen.add(read.key)
+                    baseline.storages += 1
+                    baseline.bytes += read.nbytes
+    pool_types = ti.cuda_pool_types() if on_cuda else ()
     if pool_types:
-        for node in types.nodes(lambda t: issubclass(t, pool_types)).tolist():
+        for node in types.nodes(lambda t: any(is_subtype(t, p) for p in pool_types)).tolist():
             try:
                 baseline.pools.append(weakref.ref(objects[node]))
             except TypeError:

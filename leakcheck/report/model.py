@@ -63,6 +63,10 @@ class Storage:
     pinned: bool = False  # pinned host memory, reported apart from device bytes
     idle: bool = False  # a pool that reserves memory with no live allocation in it
     reserved_bytes: int = 0  # what the device gets back when it goes (its block, and segment space only it pins)
+    layout: str = "strided"  # strided | nested | sparse_coo | sparse_csr | ... | _mkldnn | ?
+    note: str | None = None  # how the bytes were read when not from a plain storage (estimate, components)
+    unknown: bool = False  # the storage could not be read: nbytes is numel x element size, or 0
+    evaluable: bool = True  # `example`, pasted into a debugger, evaluates to the tensor that owns this storage
 
 
 @dataclass
