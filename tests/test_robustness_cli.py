@@ -248,7 +248,7 @@ def test_a_failing_audit_still_writes_the_report(tmp_path, monkeypatch):
     def broken_audit(*_args, **_kwargs):
         raise RecursionError("maximum recursion depth exceeded")
 
-    monkeypatch.setattr("leakcheck.lifecycle.phases.audit", broken_audit)
+    monkeypatch.setattr("leakcheck.lifecycle.phases.audit_watching", broken_audit)
     code, report, output = invoke(awkward(tmp_path, "fine"))
     assert code == 3
     assert (report["error"]["phase"], report["error"]["type"]) == ("audit", "RecursionError")

@@ -19,6 +19,7 @@ from leakcheck.engine.heap import TypeIndex, build_graph, collector_paused, reve
 from leakcheck.engine.owners import Leaked, effective_owners, find_owners
 from leakcheck.engine.roots import capture_live_frames, frame_references, index_roots
 from leakcheck.engine.safe_read import type_name
+from leakcheck.engine.survivors import CollectableWatch
 from leakcheck.engine.tensors import (
     Baseline,
     StorageKey,
@@ -55,7 +56,34 @@ def audit(
         and MemPools); their `pool()` or `id` names the pool.
 
     Storages held only by reference cycles are reported as `cycle` owners, which
-    `gc.collect()` frees; the audit finds them without collecting.
+    `gc.collect()` frees; the audit finds them without collecting (`audit_watching` also
+    returns what it takes to check, after a collection, that they really died).
+    """
+    return audit_watching(
+        runner,
+        device,
+        baseline,
+        caller_frames=caller_frames,
+        allocator=allocator,
+        pool_types=pool_types,
+        progress=progress,
+    )[0]
+
+
+def audit_watching(
+    runner: object | None = None,
+    device: str = "cpu",
+    baseline: Baseline | None = None,
+    *,
+    caller_frames: bool = True,
+    allocator: AllocatorState | None = None,
+    pool_types: tuple[type, ...] | None = None,
+    progress: Progress | None = None,
+) -> tuple[Audit, CollectableWatch]:
+    """`audit()`, and weak references to every storage it judged collectable.
+
+    After `gc.collect()`, `CollectableWatch.survivors()` names those a finalizer kept alive:
+    they were not freed, whatever the audit expected. See `engine/survivors.py`.
     """
     say = progress or (lambda _message: None)
     device = normalize_device(device)
@@ -92,10 +120,11 @@ def audit(
         say(f"attributing {leaked.count:,} storages over {graph.size:,} objects")
         roots = index_roots(graph, runner, frames, barriers=(frames,))
         ownership = find_owners(graph, roots, leaked, frozen=freeze.frozen_mask(graph.objects))
-        result = _summarize(device, leaked, found.info, ownership, graph.size, graph.edges, baseline)
+        result, collectable = _summarize(device, leaked, found.info, ownership, graph.size, graph.edges, baseline)
+        watch = _watch(collectable, leaked, graph.objects)
         if allocator is not None:
             result.sites = allocation_sites(result.storages)
-        del graph, roots, ownership
+        del graph, roots, ownership, collectable
     result.frozen_objects = freeze.frozen_objects
     if freeze.note:
         result.notes.append(freeze.note)
@@ -107,7 +136,20 @@ def audit(
     timings["audit_s"] = time.perf_counter() - started - timings.get("allocator_s", 0.0)
     timings["owners_s"] = timings["audit_s"] - timings["scan_s"]
     result.timings = timings
-    return result
+    return result, watch
+
+
+def _watch(collectable: list[tuple[Storage, int]], leaked: Leaked, objects: list) -> CollectableWatch:
+    """Weak references to one tensor (or pool owner) of each storage judged collectable."""
+    watch = CollectableWatch()
+    if not collectable:
+        return watch
+    first = {}
+    for position, slot in enumerate(leaked.storage.tolist()):
+        first.setdefault(slot, position)
+    for storage, slot in collectable:
+        watch.add(storage, objects[int(leaked.nodes[first[slot]])])
+    return watch
 
 
 def cuda_pool_types() -> tuple[type, ...]:
@@ -252,7 +294,11 @@ def _find_pools(objects: list, nodes: np.ndarray, exclude: set[StorageKey], foun
         )
 
 
-def _summarize(device, leaked, storages, ownership, heap_objects, heap_edges, baseline) -> Audit:
+def _summarize(
+    device, leaked, storages, ownership, heap_objects, heap_edges, baseline
+) -> tuple[Audit, list[tuple[Storage, int]]]:
+    """The audit's figures per holder and per storage, and the collectable storages (with
+    their slots), which the lifecycle checks again after collecting."""
     holders = ownership.holders
     effective = effective_owners(ownership.owner_sets, holders)
     nbytes = leaked.nbytes.tolist()
@@ -301,6 +347,7 @@ def _summarize(device, leaked, storages, ownership, heap_objects, heap_edges, ba
     owners = [owners[i] for i in order]
 
     storage_reports = []
+    collectable_slots: list[tuple[Storage, int]] = []
     held = cycle = pinned_total = 0
     for s, meta in enumerate(storages):
         if meta["kind"] != "tensor" and nbytes[s] == 0:
@@ -314,29 +361,30 @@ def _summarize(device, leaked, storages, ownership, heap_objects, heap_edges, ba
         else:
             held += nbytes[s]
         example = ownership.example[s]
-        storage_reports.append(
-            Storage(
-                device=meta["device"] or device,
-                address=meta["address"],
-                nbytes=nbytes[s],
-                dtype=meta["dtype"],
-                shape=meta["shape"],
-                example=example[0] if example else "",
-                owners=[holders[o].handle.path for o in live],
-                tensors=meta["tensors"],
-                collectable=collectable,
-                allocated_at=meta.get("allocated_at"),
-                reserved_bytes=meta["reserved"],
-                kind=meta["kind"],
-                pool=meta["pool"],
-                pinned=meta["pinned"],
-                idle=meta.get("idle", False),
-                layout=meta.get("layout", "strided"),
-                note=meta.get("note"),
-                unknown=meta.get("unknown", False),
-                evaluable=bool(example and example[1]),
-            )
+        report = Storage(
+            device=meta["device"] or device,
+            address=meta["address"],
+            nbytes=nbytes[s],
+            dtype=meta["dtype"],
+            shape=meta["shape"],
+            example=example[0] if example else "",
+            owners=[holders[o].handle.path for o in live],
+            tensors=meta["tensors"],
+            collectable=collectable,
+            allocated_at=meta.get("allocated_at"),
+            reserved_bytes=meta["reserved"],
+            kind=meta["kind"],
+            pool=meta["pool"],
+            pinned=meta["pinned"],
+            idle=meta.get("idle", False),
+            layout=meta.get("layout", "strided"),
+            note=meta.get("note"),
+            unknown=meta.get("unknown", False),
+            evaluable=bool(example and example[1]),
         )
+        storage_reports.append(report)
+        if collectable and not meta["pinned"]:
+            collectable_slots.append((report, s))
     storage_reports.sort(key=lambda s: -s.nbytes)
     groups = [
         SharedHold(
@@ -345,7 +393,7 @@ def _summarize(device, leaked, storages, ownership, heap_objects, heap_edges, ba
         for key, members in shared.items()
     ]
     groups.sort(key=lambda g: -g.bytes)
-    return Audit(
+    audit = Audit(
         device=device,
         owners=owners,
         storages=storage_reports,
@@ -357,6 +405,7 @@ def _summarize(device, leaked, storages, ownership, heap_objects, heap_edges, ba
         heap_objects=heap_objects,
         heap_edges=heap_edges,
     )
+    return audit, collectable_slots
 
 
 def allocation_sites(storages: list[Storage]) -> list[Site]:

@@ -228,3 +228,22 @@ def pool_id(holder: object) -> tuple[int, int] | None:
         return _as_pool(declared() if callable(declared) else getattr(holder, "id", None))
     except Exception:  # a graph not captured yet owns no pool
         return None
+
+
+def storage_weak_ref(tensor: object) -> object | None:
+    """A weak reference to a tensor's storage, with `.expired()`; None where torch has none.
+
+    It watches the storage itself, not the tensor: a finalizer that keeps a new view of the
+    bytes and drops the old tensor still keeps the storage alive, and this sees it. torch's
+    own (multiprocessing uses it to share storages); the caller falls back to a plain weak
+    reference to the tensor.
+    """
+    try:
+        from torch.multiprocessing.reductions import StorageWeakRef
+    except ImportError:  # pragma: no cover - every torch we support has it
+        return None
+    try:
+        with no_user_dispatch():
+            return StorageWeakRef(untyped_storage(tensor))
+    except Exception:  # no readable storage (opaque, wrapper): watch the tensor instead
+        return None

@@ -26,7 +26,8 @@ import torch
 
 from leakcheck.config import Config, ConfigError
 from leakcheck.engine.allocator import AllocatorState, start_history, stop_history
-from leakcheck.engine.audit import audit
+from leakcheck.engine.audit import audit_watching
+from leakcheck.engine.survivors import CollectableWatch, storage_key
 from leakcheck.engine.reconcile import pinned_by_leaks, reconcile
 from leakcheck.engine.tensors import take_baseline
 from leakcheck.lifecycle.errors import LeakcheckStop, RunnerExit, describe, type_name
@@ -208,17 +209,19 @@ def run_lifecycle(
             result.enter("audit", cycle)
             say("auditing the heap")
             before = probes.sample("audit:before", cycle)
-            found = _audit(runner, device, baseline, cycle, result, say)
+            found, watch = _audit(runner, device, baseline, cycle, result, say)
             result.set_audit_memory([before, probes.sample("audit:after", cycle)])
             if found is not None:
                 result.add_audit(found)
-            del runner, baseline, found
+            del found
             result.enter("collect", cycle)
             say("collecting")
             gc.collect()
             if on_cuda:
                 torch.cuda.empty_cache()
             result.add_sample(probes.sample("collected", cycle))
+            _recheck_collected(watch, runner, device, baseline, cycle, result, say)
+            del runner, baseline, watch
             if on_cuda:
                 result.add_pinned_segments(pinned_by_leaks(AllocatorState.capture(device), result.storages()))
             _stray_exits(result, exits_at_start)
@@ -257,15 +260,54 @@ def _abandoner(result: Lifecycle, probes: MemoryProbes, on_abandon: Abandon | No
 
 def _audit(
     runner: object | None, device: str, baseline: Any, cycle: int, result: Lifecycle, say: Progress
-) -> Audit | None:
+) -> tuple[Audit | None, CollectableWatch | None]:
     """The heap audit; if it fails, the run keeps what it measured and reports the failure."""
     try:
-        return audit(runner, device, baseline, caller_frames=False, progress=say)
+        return audit_watching(runner, device, baseline, caller_frames=False, progress=say)
     except (KeyboardInterrupt, LeakcheckStop):
         raise
     except BaseException as exc:  # noqa: B036 - a RecursionError or a RunnerExit from a __del__ too
         result.fail(describe("audit", exc, cycle, "the heap audit"))
-        return None
+        return None, None
+
+
+def _recheck_collected(
+    watch: CollectableWatch | None,
+    runner: object | None,
+    device: str,
+    baseline: Any,
+    cycle: int,
+    result: Lifecycle,
+    say: Progress,
+) -> None:
+    """Storages the audit called collectable must really have died in our gc.collect().
+
+    A finalizer run by that collection can resurrect what it frees (store `self.weights` in
+    a global); counting those bytes as freed would pass a leak. When any survived, the cycle
+    is audited again, now that the collection is over, and that audit replaces the first:
+    it names where the survivors went, and counts them.
+    """
+    survivors = watch.survivors() if watch is not None else set()
+    if not survivors or result.audit is None:
+        return
+    first = result.audit
+    kept = [s for s in first.storages if storage_key(s) in survivors]
+    say("auditing again: storages survived the collection")
+    again, _ = _audit(runner, device, baseline, cycle, result, say)
+    if again is None:
+        return
+    for storage in again.storages:
+        if storage.collectable and storage_key(storage) in survivors:
+            # Collectable again after surviving a collection: it will survive the next one too.
+            storage.collectable = False
+            again.cycle_bytes -= storage.nbytes
+            again.held_bytes += storage.nbytes
+    again.notes.append(
+        f"{len(kept)} storage(s) ({sum(s.nbytes for s in kept):,} bytes) that only garbage cycles held survived "
+        "leakcheck's gc.collect(): a finalizer (__del__) kept them alive, so they count as leaked; this audit was "
+        "taken after the collection, to name who holds them now"
+    )
+    result.add_audit(again, replaces_last=True)
 
 
 def _stray_exits(result: Lifecycle, since: int) -> None:

@@ -84,11 +84,16 @@ class Lifecycle:
         self.audit_memory = list(samples)
         self._log(lambda: {"event": "audit_memory", "samples": [plain(s) for s in samples]})
 
-    def add_audit(self, audit: Audit) -> None:
+    def add_audit(self, audit: Audit, replaces_last: bool = False) -> None:
+        """This cycle's audit; `replaces_last`: a second look at the same cycle (see
+        `phases._recheck_collected`), which supersedes the first."""
+        if replaces_last and self.audits:
+            self.audits[-1] = audit
+        else:
+            self.audits.append(audit)
         self.audit = audit
-        self.audits.append(audit)
         self.timings.update(audit.timings)
-        self._log(lambda: {"event": "audit", "audit": plain(audit)})
+        self._log(lambda: {"event": "audit", "audit": plain(audit), "replaces_last": replaces_last})
 
     def fail(self, error: RunError, primary: bool = False) -> None:
         """Record an error; the first one is the run's, later ones become notes. A `primary`
@@ -145,7 +150,7 @@ def _apply(result: Lifecycle, event: Event) -> None:
     elif kind == "audit_memory":
         result.audit_memory = [_build(MemorySample, s) for s in event["samples"]]
     elif kind == "audit":
-        result.add_audit(audit_from_dict(event["audit"]))
+        result.add_audit(audit_from_dict(event["audit"]), event.get("replaces_last", False))
     elif kind == "error":
         result.error = _build(RunError, event["error"])
     elif kind == "note":
