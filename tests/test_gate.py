@@ -13,7 +13,7 @@ from leakcheck.cli import app
 from leakcheck.config import load_config
 from leakcheck.lifecycle.phases import Lifecycle
 from leakcheck.report.build import build_report
-from leakcheck.report.model import Audit, MemorySample
+from leakcheck.report.model import Audit, MemorySample, Storage
 
 # NVML process bytes at each `collected`, from `leakcheck run mrv2-seed-cuda.yaml --cycles 3`
 # on an NVIDIA H200 (torch 2.11.0+cu130); baseline is the CUDA context.
@@ -72,3 +72,26 @@ def test_cycles_on_cpu_audit_each_runner(tmp_path):
     assert [m["cycle"] for m in report["memory"] if m["phase"] == "collected"] == [1, 2]
     assert report["leaked_bytes"] == report["cycles"][-1]["leaked_bytes"]
     assert "Cycles" in result.output
+
+
+def storage(nbytes: int, unknown: bool, owners: list[str]) -> Storage:
+    return Storage("cpu", 0, nbytes, "float32", [], "", owners, 1, unknown=unknown, layout="?")
+
+
+def test_a_leaked_storage_of_unknown_size_fails_whatever_the_limit(tmp_path):
+    found = nothing_found("cpu")
+    found.storages = [storage(0, True, ["runner.opaque"]), storage(64, True, ["runner.estimated"])]
+    lifecycle = Lifecycle(device="cpu", memory=[MemorySample("baseline")], audit=found, audits=[found])
+    report = build_report(config(tmp_path, "max_leaked_bytes: 1 MiB"), lifecycle)
+    assert (report.verdict, report.leaked_bytes, report.unsized_storages) == ("fail", 64, 1)
+    assert any("could not be read or sized" in note for note in report.notes)
+    found.storages = [storage(64, True, ["runner.estimated"])]  # an estimate is judged like any size
+    assert build_report(config(tmp_path, "max_leaked_bytes: 1 MiB"), lifecycle).verdict == "pass"
+
+
+def test_an_allowed_storage_of_unknown_size_does_not_fail(tmp_path):
+    found = nothing_found("cpu")
+    found.storages = [storage(0, True, ["runner.tokenizer"])]
+    lifecycle = Lifecycle(device="cpu", memory=[MemorySample("baseline")], audit=found, audits=[found])
+    report = build_report(config(tmp_path, 'allow: ["runner.tokenizer"]'), lifecycle)
+    assert (report.verdict, report.unsized_storages) == ("pass", 0)

@@ -1,16 +1,14 @@
-"""From measurements to a verdict: the gate, allowed owners and the lines shutdown() should gain."""
+"""From what a run measured to its report: totals, cycles, the lines shutdown() should gain,
+and the gate's verdict (whose rules live in `gate.py`)."""
 
 from __future__ import annotations
 
-from fnmatch import fnmatchcase
-
 from leakcheck.config import Config
 from leakcheck.lifecycle.record import Lifecycle
-from leakcheck.report.model import CYCLE, Audit, Cycle, Owner, Report, RunError
+from leakcheck.report.gate import count, exit_code, is_allowed, verdict
+from leakcheck.report.model import CYCLE, Cycle, Owner, Report, RunError
 
-
-def is_allowed(path: str, patterns: list[str]) -> bool:
-    return any(fnmatchcase(path, pattern) for pattern in patterns)
+__all__ = ["build_report", "cycle_summaries", "exit_code", "nvml_growth", "release_lines"]
 
 
 def build_report(
@@ -50,7 +48,14 @@ def build_report(
     if found is not None:
         for owner in found.owners:
             owner.allowed = is_allowed(owner.path, patterns)
-        report.leaked_bytes, report.allowed_bytes, report.leaked_reserved_bytes = leaked_and_allowed(found, patterns)
+        counted = count(found, patterns)
+        report.leaked_bytes, report.allowed_bytes = counted.leaked, counted.allowed
+        report.leaked_reserved_bytes, report.unsized_storages = counted.reserved, counted.unsized
+        if counted.unsized:
+            report.notes.append(
+                f"{counted.unsized} leaked storage(s) could not be read or sized (see their note): "
+                "they fail the gate whatever its limit, since their bytes are unknown, not zero"
+            )
         report.held_bytes = found.held_bytes
         report.pinned_bytes = found.pinned_bytes
         report.sites = found.sites
@@ -71,28 +76,8 @@ def build_report(
             type="NotAudited",
             message="no audit ran, so nothing was measured that could pass the gate",
         )
-    if report.error is not None:
-        report.verdict = "error"
-    elif report.leaked_bytes > limit:
-        report.verdict = "fail"
-    elif growth_limit is not None and report.nvml_growth_bytes is not None and report.nvml_growth_bytes > growth_limit:
-        report.verdict = "fail"
+    report.verdict = verdict(report, report.unsized_storages)
     return report
-
-
-def leaked_and_allowed(audit: Audit, patterns: list[str]) -> tuple[int, int, int]:
-    """Device bytes some unallowed holder pins, bytes only allowed holders pin, and the first
-    as reserved allocator memory (blocks plus the segment space only they keep)."""
-    leaked = allowed = reserved = 0
-    for storage in audit.storages:
-        if storage.collectable or storage.pinned:
-            continue
-        if any(not is_allowed(path, patterns) for path in storage.owners):
-            leaked += storage.nbytes
-            reserved += storage.reserved_bytes or storage.nbytes
-        else:
-            allowed += storage.nbytes
-    return leaked, allowed, reserved
 
 
 def cycle_summaries(lifecycle: Lifecycle, patterns: list[str]) -> list[Cycle]:
@@ -102,7 +87,8 @@ def cycle_summaries(lifecycle: Lifecycle, patterns: list[str]) -> list[Cycle]:
     cycles = []
     for index, (start, end) in enumerate(zip(starts, ends), start=1):
         audit = lifecycle.audits[index - 1] if index - 1 < len(lifecycle.audits) else None
-        leaked, _, reserved = leaked_and_allowed(audit, patterns) if audit else (0, 0, 0)
+        counted = count(audit, patterns) if audit else None
+        leaked, reserved = (counted.leaked, counted.reserved) if counted else (0, 0)
         pinned = lifecycle.pinned_segments
         if index <= len(pinned):  # measured on the device: segments this cycle's leaks added
             reserved = pinned[index - 1] - (pinned[index - 2] if index > 1 else 0)
@@ -150,7 +136,3 @@ def release_lines(owners: list[Owner]) -> list[str]:
         lines.setdefault(owner.fix)
         collect_suggested = collect_suggested or owner.fix.startswith("gc.collect()")
     return list(lines)
-
-
-def exit_code(report: Report) -> int:
-    return {"pass": 0, "fail": 1, "error": 3}[report.verdict]

@@ -179,6 +179,7 @@ class Report:
     cycle_bytes: int = 0
     pinned_bytes: int = 0
     leaked_reserved_bytes: int = 0  # leaked bytes as the device sees them: blocks and the segment space they pin
+    unsized_storages: int = 0  # leaked storages of unknown size (counted as 0 bytes): they fail the gate
     max_nvml_growth_bytes: int | None = None
     nvml_growth_bytes: int | None = None  # since baseline; per later cycle when cycles > 1
     owners: list[Owner] = field(default_factory=list)

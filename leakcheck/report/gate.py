@@ -1,0 +1,60 @@
+"""The gate: which bytes count, and the verdict a CI job acts on.
+
+Kept apart from building the report so the rules read in one place, and so that a report
+read back from JSON (`leakcheck show`) is judged by the same code that judged the run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+
+from leakcheck.report.model import Audit, Report
+
+EXIT_CODES = {"pass": 0, "fail": 1, "error": 3}
+
+
+def is_allowed(path: str, patterns: list[str]) -> bool:
+    return any(fnmatchcase(path, pattern) for pattern in patterns)
+
+
+@dataclass
+class Counted:
+    """What the gate counts in one audit."""
+
+    leaked: int = 0  # device bytes some unallowed holder pins
+    allowed: int = 0  # bytes only allowed holders pin
+    reserved: int = 0  # the leaked bytes as allocator memory (blocks and the segment space only they keep)
+    unsized: int = 0  # leaked storages whose size could not be read (counted as 0 bytes)
+
+
+def count(audit: Audit, patterns: list[str]) -> Counted:
+    counted = Counted()
+    for storage in audit.storages:
+        if storage.collectable or storage.pinned:
+            continue
+        # Bytes an allowed holder shares with a forgotten one are still a leak.
+        if any(not is_allowed(path, patterns) for path in storage.owners):
+            counted.leaked += storage.nbytes
+            counted.reserved += storage.reserved_bytes or storage.nbytes
+            counted.unsized += storage.unknown and storage.nbytes == 0
+        else:
+            counted.allowed += storage.nbytes
+    return counted
+
+
+def verdict(report: Report, unsized: int = 0) -> str:
+    """pass, fail or error. A run with an error never passes; nor does one that holds storages
+    whatever their size: a storage of unknown size is a leak of unknown size, not zero."""
+    if report.error is not None:
+        return "error"
+    if report.leaked_bytes > report.max_leaked_bytes or unsized:
+        return "fail"
+    growth, limit = report.nvml_growth_bytes, report.max_nvml_growth_bytes
+    if limit is not None and growth is not None and growth > limit:
+        return "fail"
+    return "pass"
+
+
+def exit_code(report: Report) -> int:
+    return EXIT_CODES[report.verdict]
