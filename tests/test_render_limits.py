@@ -71,4 +71,6 @@ def test_a_huge_key_is_clipped_where_people_read_it(tmp_path, many_holders):
     report = json.loads(report_path.read_text())
     owner = next(o for o in report["owners"] if o["path"].endswith(".BY_PROMPT"))
     assert owner["reachable_bytes"] == 12
+    assert len(owner["examples"][0]) < 200 and not owner["evaluable"]  # shortened at the source, not pasted
+    assert len(report_path.read_text()) < 5 * 2**20
     assert all(len(line) < 1000 for line in result.stdout.splitlines())
