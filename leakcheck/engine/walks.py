@@ -47,6 +47,11 @@ class Walker:
         self.walks += 1
         epoch = self.walks
         stamp, parent, indptr, indices = self.stamp, self.parent, self.indptr, self.indices
+        if len(sources) == 1 and indptr[sources[0]] == indptr[sources[0] + 1]:
+            # The commonest holder: a name bound straight to a tensor that leads nowhere else.
+            stamp[sources[0]] = epoch
+            parent[sources[0]] = -1
+            return np.array(sources, dtype=np.int64), _EMPTY
         first = sorted(set(sources))
         for node in first:
             stamp[node] = epoch
