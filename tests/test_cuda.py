@@ -148,3 +148,55 @@ def test_an_idle_mem_pool_is_flagged():
     pools = [s for s in result.storages if s.kind == "mem_pool"]
     assert len(pools) == 1 and pools[0].idle and pools[0].nbytes >= 8 << 20
     assert pools[0].owners == ["runner.pool"]
+
+
+CUDA_FAILURES = """
+import torch
+
+
+class Runner:
+    def __init__(self, how):
+        self.how = how
+        self.weights = torch.zeros(1 << 20, device="cuda:0")
+
+    def shutdown(self):
+        if self.how == "assert":
+            index = torch.tensor([1 << 30], device="cuda:0")
+            self.weights[index] = 1.0  # a device-side assert: the CUDA context is lost
+        elif self.how == "stuck":
+            torch.cuda._sleep(1 << 62)  # a kernel that never ends; synchronize() waits in C
+        torch.cuda.synchronize()
+
+
+def build(how):
+    return Runner(how)
+"""
+
+
+def cuda_failing(folder: Path, how: str) -> Path:
+    from process_runs import write_runner
+
+    return write_runner(folder, "cuda_failing", CUDA_FAILURES, f"runner: {{factory: 'cuda_failing:build', args: {{how: {how}}}}}\n")
+
+
+def test_a_device_side_assert_in_an_isolated_run_is_a_shutdown_error_with_memory(tmp_path):
+    """CPU twin: tests/test_isolate.py's segfault in shutdown."""
+    from process_runs import run_process
+
+    done = run_process(cuda_failing(tmp_path, "assert"), "--isolate")
+    assert done.code == 3, done.stderr
+    report = done.report()
+    assert report["verdict"] == "error" and report["error"]["phase"] == "shutdown"
+    assert [m["phase"] for m in report["memory"]][:4] == ["baseline", "loaded", "warmed", "shutdown"]
+    assert report["memory"][1]["nvml_process_bytes"] > report["memory"][0]["nvml_process_bytes"]
+
+
+def test_a_kernel_that_never_ends_is_stopped_at_the_time_limit(tmp_path):
+    """CPU twin: tests/test_timeouts.py's shutdown that swallows the interruption."""
+    from process_runs import run_process
+
+    done = run_process(cuda_failing(tmp_path, "stuck"), "--timeout", "3")
+    assert done.code == 3, done.stderr
+    report = done.report()
+    assert (report["error"]["phase"], report["error"]["type"]) == ("shutdown", "Timeout")
+    assert report["error"]["stuck_at"].startswith("cuda_failing.py:")
