@@ -39,6 +39,11 @@ def _ids_by_memory(items: list) -> np.ndarray:
     return np.ctypeslib.as_array((ctypes.c_int64 * n).from_address(base)).copy()
 
 
+def _object_at(address: int) -> object:
+    """The object at `address`, which the caller knows to be alive (a new reference to it)."""
+    return ctypes.cast(address, ctypes.py_object).value
+
+
 def _ids_by_call(items: list) -> np.ndarray:
     return np.fromiter(map(id, items), dtype=np.int64, count=len(items))
 
@@ -127,9 +132,13 @@ class TypeIndex:
         types = list(map(type, objects))
         type_ids = ids_of(types)
         self.type_ids = np.concatenate([self.type_ids, type_ids])
-        # Distinct types by address, not set(types): hashing a class runs its metaclass's __hash__.
-        distinct, first = np.unique(type_ids, return_index=True)
-        self.types.update(zip(distinct.tolist(), [types[i] for i in first.tolist()]))
+        # Distinct types by address, not set(types): hashing a class runs its metaclass's
+        # __hash__. Each address is turned back into its type (alive: `types` holds it), which
+        # spares the stable argsort a first-index search would need (a third of the scan).
+        for address in np.unique(type_ids).tolist():
+            if address not in self.types:
+                self.types[address] = _object_at(address)
+        del types
 
     def nodes(self, predicate: Callable[[type], bool]) -> np.ndarray:
         """Indices of objects whose type satisfies `predicate` (checked once per distinct type)."""

@@ -158,6 +158,9 @@ def module_entry_step(module: object, container: str, key: object) -> Step:
 # dict) are searched many times: index them once. Set by `indexed_containers()`.
 _inverse: dict[int, tuple[object, dict[int, object]]] | None = None
 _INDEX_FROM = 16
+# Hops already described in this block, by the ids of the objects that decide them.
+_hops: dict[tuple[int, ...], tuple[list[Step], int]] | None = None
+_HOP_SPAN = 4
 
 
 @contextmanager
@@ -168,13 +171,13 @@ def indexed_containers() -> Iterator[None]:
     while its index exists), never the values, and are dropped on exit; facts
     about types (their MRO's `__dict__` getset, slots) are remembered for the block too.
     """
-    global _inverse
-    _inverse = {}
+    global _inverse, _hops
+    _inverse, _hops = {}, {}
     try:
         with type_facts_cached():
             yield
     finally:
-        _inverse = None
+        _inverse = _hops = None
 
 
 def _entries(container: object) -> list[tuple[object, object]] | None:
@@ -217,10 +220,19 @@ def describe_chain(chain: Sequence[object]) -> list[Step]:
     steps: list[Step] = []
     i = 0
     while i < len(chain) - 1:
-        try:
-            new_steps, used = _describe_hop(chain, i)
-        except Exception:
-            new_steps, used = [_via(chain[i])], 1
+        # A hop is decided by at most four objects (holder, instance dict, table, entry).
+        # Paths to the tensors of one model share their first hops: describe each once per
+        # audit (the objects are alive for the whole block, so their ids are stable).
+        key = tuple(map(id, chain[i : i + _HOP_SPAN])) if _hops is not None else None
+        found = _hops.get(key) if key is not None else None  # type: ignore[union-attr]
+        if found is None:
+            try:
+                found = _describe_hop(chain, i)
+            except Exception:
+                found = [_via(chain[i])], 1
+            if key is not None:
+                _hops[key] = found  # type: ignore[index]
+        new_steps, used = found
         steps.extend(new_steps)
         i += used
     return steps
