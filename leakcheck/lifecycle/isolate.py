@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from leakcheck.config import Config
 from leakcheck.lifecycle.limits import REAL_EXIT, backstop_grace, seconds, stuck_location
 from leakcheck.lifecycle.record import Event, Lifecycle
-from leakcheck.lifecycle.stops import Stop
+from leakcheck.lifecycle.stops import Stop, stop_signals_to
 from leakcheck.outputs import RUNNING, closing_line, placeholder_error, write_atomic
 from leakcheck.report.model import Report, RunError
 
@@ -188,23 +188,13 @@ def read_lines(data: bytes) -> list[Event]:
     return events
 
 
-@contextlib.contextmanager
-def _signals_passed_on(child: ChildRun) -> Iterator[None]:
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+def _signals_passed_on(child: ChildRun) -> contextlib.AbstractContextManager[None]:
+    """Ctrl-C and SIGTERM go to the child, which writes its report and ends."""
 
     def handler(signum: int, _frame: FrameType | None) -> None:
         child.pass_on(signum)
 
-    previous = {signum: signal.signal(signum, handler) for signum in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for signum, old in previous.items():
-            signal.signal(signum, old if old is not None else signal.SIG_DFL)
+    return stop_signals_to(handler)
 
 
 @contextlib.contextmanager

@@ -13,7 +13,7 @@ import contextlib
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import FrameType
 
@@ -75,17 +75,30 @@ def _on_signal(signum: int, _frame: FrameType | None) -> None:
 
 
 @contextlib.contextmanager
-def stops_handled() -> Iterator[None]:
-    """Install the handlers for the run (main thread only: elsewhere Python's own stay)."""
-    global _requested
-    _requested = None
+def stop_signals_to(handler: Callable[[int, FrameType | None], None]) -> Iterator[None]:
+    """Route SIGINT and SIGTERM to `handler` for the block, then restore the previous ones.
+
+    Main thread only: Python installs signal handlers nowhere else, so elsewhere (API use
+    from a worker thread) the process's own handlers stay.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {signum: signal.signal(signum, _on_signal) for signum in (signal.SIGINT, signal.SIGTERM)}
+    previous = {signum: signal.signal(signum, handler) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        for signum, old in previous.items():
+            signal.signal(signum, old if old is not None else signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def stops_handled() -> Iterator[None]:
+    """Ctrl-C and SIGTERM stop the run with a report (see `Stop`); a second one exits at once."""
+    global _requested
+    _requested = None
+    try:
+        with stop_signals_to(_on_signal):
+            yield
+    finally:
         _requested = None
