@@ -212,12 +212,14 @@ def holder_axis(runner, baseline, few: int, many: int, cycles: int) -> None:
     cycle_holders = sum(o.kind == "cycle" for o in cycle_result.owners)
     run_s = cli_run_seconds(many)
     print()
-    print(f"{'holder axis, same heap':<40}{'seconds':>10}{'ratio':>9}{'target':>10}")
-    print(f"{f'audit, {few:,} global holders':<40}{few_s:>10.2f}{1:>9.2f}")
-    print(f"{f'audit, {many:,} global holders ({held:,} found)':<40}{many_s:>10.2f}{many_s / few_s:>9.2f}{'<= 3.00':>10}")
+    width = 50
+    print(f"{'holder axis, same heap':<{width}}{'seconds':>10}{'ratio':>9}{'target':>10}")
+    print(f"{f'audit, {few:,} global holders':<{width}}{few_s:>10.2f}{1:>9.2f}")
+    label = f"audit, {many:,} global holders ({held:,} found)"
+    print(f"{label:<{width}}{many_s:>10.2f}{many_s / few_s:>9.2f}{'<= 3.00':>10}")
     label = f"audit, {cycles:,} garbage cycles ({cycle_holders:,} found)"
-    print(f"{label:<40}{cycles_s:>10.2f}{cycles_s / few_s:>9.2f}")
-    print(f"{f'leakcheck run, {many:,} holders (process)':<40}{run_s:>10.2f}{'':>9}{'< 15 s':>10}")
+    print(f"{label:<{width}}{cycles_s:>10.2f}{cycles_s / few_s:>9.2f}")
+    print(f"{f'leakcheck run, {many:,} holders (process)':<{width}}{run_s:>10.2f}{'':>9}{'< 15 s':>10}")
 
 
 def main() -> None:

@@ -185,35 +185,32 @@ def test_every_leaked_storage_is_an_allocated_block(live):
 
 
 def test_pool_weighing_replays_the_recording(live):
-    from leakcheck.engine.audit import _Found
+    from leakcheck.engine.inventory import Inventory, Item
 
     state = AllocatorState.from_snapshot(live["snapshot"])
-    found = _Found()
+    inventory = Inventory()
     for index, storage in enumerate(live["storages"]):
-        meta = {key: storage[key] for key in ("kind", "address", "nbytes", "pool", "pinned")}
-        found.add(
-            ("pool", tuple(storage["pool"])) if storage["kind"] != "tensor" else ("cuda:0", storage["address"]),
-            index,
-            meta,
-        )
-    leaked = found.weigh(state)
-    pool = next(m for m in found.info if m["kind"] == "graph_pool")
+        item = Item(**{key: storage[key] for key in ("kind", "address", "nbytes", "pool", "pinned")}, device="cuda:0")
+        key = ("pool", tuple(storage["pool"])) if storage["kind"] != "tensor" else ("cuda:0", storage["address"])
+        inventory.add(key, index, item)
+    leaked = inventory.weigh(state)
+    pool = next(item for item in inventory.items if item.kind == "graph_pool")
     recorded = next(s for s in live["storages"] if s["kind"] == "graph_pool")
-    assert pool["nbytes"] == recorded["nbytes"] == 35_636_224
-    assert pool["allocated_at"].endswith(recorded["allocated_at"])
-    assert not pool["idle"]
+    assert pool.nbytes == recorded["nbytes"] == 35_636_224
+    assert pool.allocated_at.endswith(recorded["allocated_at"])
+    assert not pool.idle
     # What the device gets back: whole segments that only leaked blocks keep, nothing more.
-    tensors = [m for m in found.info if m["kind"] == "tensor"]
-    leaked_addresses = {m["address"] for m in tensors}
+    tensors = [item for item in inventory.items if item.kind == "tensor"]
+    leaked_addresses = {item.address for item in tensors}
     returned = 0
     for segment in state.segments:
         active = [b.address for b in segment.blocks if b.active]
         if segment.pool == (0, 0) and active and set(active) <= leaked_addresses:
             returned += segment.total_size
     assert returned > 0
-    assert sum(m["reserved"] for m in tensors) == pytest.approx(returned, abs=len(tensors))  # integer shares
-    assert all(m["reserved"] in (0,) or m["reserved"] >= m["nbytes"] for m in tensors)
-    assert sum(m["reserved"] for m in found.info) <= state.reserved()
+    assert sum(item.reserved for item in tensors) == pytest.approx(returned, abs=len(tensors))  # integer shares
+    assert all(item.reserved in (0,) or item.reserved >= item.nbytes for item in tensors)
+    assert sum(item.reserved for item in inventory.items) <= state.reserved()
     assert int(leaked.nbytes.sum()) == sum(s["nbytes"] for s in live["storages"])
 
 

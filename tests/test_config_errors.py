@@ -65,7 +65,8 @@ CASES = [
         "unknown top-level key",
         GOOD.replace("name: good", "name: good\ndevcie: cpu"),
         2,
-        "unknown key 'devcie' in the top level (allowed: name, device, runner, warmup, cycles, history, timeout, isolate, gate)",
+        "unknown key 'devcie' in the top level "
+        "(allowed: name, device, runner, warmup, cycles, history, timeout, isolate, gate)",
     ),
     (
         "unknown nested key",

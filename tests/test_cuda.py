@@ -176,7 +176,8 @@ def build(how):
 def cuda_failing(folder: Path, how: str) -> Path:
     from process_runs import write_runner
 
-    return write_runner(folder, "cuda_failing", CUDA_FAILURES, f"runner: {{factory: 'cuda_failing:build', args: {{how: {how}}}}}\n")
+    config = f"runner: {{factory: 'cuda_failing:build', args: {{how: {how}}}}}\n"
+    return write_runner(folder, "cuda_failing", CUDA_FAILURES, config)
 
 
 def test_a_device_side_assert_in_an_isolated_run_is_a_shutdown_error_with_memory(tmp_path):

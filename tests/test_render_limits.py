@@ -46,7 +46,8 @@ def many_holders(tmp_path: Path):
 
 def test_thousands_of_holders_are_capped_in_text_and_kept_in_json(tmp_path, many_holders):
     report_path, markdown_path = tmp_path / "report.json", tmp_path / "summary.md"
-    result = CliRunner().invoke(app, ["run", str(many_holders), "--json", str(report_path), "--markdown", str(markdown_path)])
+    args = ["run", str(many_holders), "--json", str(report_path), "--markdown", str(markdown_path)]
+    result = CliRunner().invoke(app, args)
     assert result.exit_code == 1, result.output[-2000:]
     report = json.loads(report_path.read_text())
     assert len(report["owners"]) == HOLDERS + 1
