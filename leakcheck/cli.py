@@ -29,7 +29,7 @@ import typer
 from rich.console import Console
 
 from leakcheck import __version__
-from leakcheck.config import Config, ConfigError, Timeouts, load_config
+from leakcheck.config import MAX_CYCLES, Config, ConfigError, Timeouts, load_config
 from leakcheck.durations import parse_duration
 from leakcheck.lifecycle.limits import REAL_EXIT
 from leakcheck.outputs import OutputError, Outputs, bare_report, closing_line, placeholder_error
@@ -229,17 +229,11 @@ def _configure(request: RunRequest) -> Config:
             "isolate": request.isolate,
         }
         config = config.model_copy(update={key: value for key, value in updates.items() if value is not None})
-        if config.cycles > _max_cycles():
-            raise ConfigError(f"--cycles: at most {_max_cycles()} cycles in one run, got {config.cycles}")
+        if config.cycles > MAX_CYCLES:  # model_copy does not validate: the flag is checked here
+            raise ConfigError(f"--cycles: at most {MAX_CYCLES} cycles in one run, got {config.cycles}")
     except ConfigError as exc:
         raise _config_failure(request, config, str(exc)) from None
     return config
-
-
-def _max_cycles() -> int:
-    from leakcheck.config import MAX_CYCLES
-
-    return MAX_CYCLES
 
 
 def _config_failure(

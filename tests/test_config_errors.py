@@ -291,3 +291,8 @@ def test_an_error_naming_markup_like_text_prints_it_verbatim(tmp_path):
     path.write_text(GOOD.replace("name: good", "name: good\n'[/x]': 1"))
     line = one_line_error(run_cli(str(path)))
     assert "[/x]/[prod]/model.yaml:2: unknown key '[/x]' in the top level" in line
+
+
+def test_cycles_flag_has_the_configs_upper_bound(tmp_path):
+    line = one_line_error(run_cli(str(write(tmp_path, GOOD)), "--cycles", "101"))
+    assert line == "leakcheck: error: --cycles: at most 100 cycles in one run, got 101"
