@@ -77,6 +77,8 @@ class Runner:
     def shutdown(self):
         if self.how == "exit_in_shutdown":
             os._exit(0)
+        if self.how == "exit_by_keyword":
+            os._exit(status=0)  # os._exit's own parameter name: the stand-in must accept it too
         if self.how == "sys_exit":
             sys.exit(0)
         if self.how == "exit_in_thread":
@@ -165,6 +167,7 @@ def test_a_factory_returning_none_is_a_load_error(tmp_path):
         ("exit_in_factory", "load", "the factory awkward:build"),
         ("exit_in_warmup", "warmup", "warm-up call execute_model()"),
         ("exit_in_shutdown", "shutdown", "shutdown()"),
+        ("exit_by_keyword", "shutdown", "shutdown()"),
     ],
 )
 def test_os_exit_in_runner_code_is_an_error_of_its_phase(tmp_path, how, phase, what):

@@ -18,6 +18,7 @@ import gc
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import scipy.sparse as sp
@@ -137,7 +138,7 @@ class TypeIndex:
         # spares the stable argsort a first-index search would need (a third of the scan).
         for address in np.unique(type_ids).tolist():
             if address not in self.types:
-                self.types[address] = _object_at(address)
+                self.types[address] = cast(type, _object_at(address))  # the address came from type()
         del types
 
     def nodes(self, predicate: Callable[[type], bool]) -> np.ndarray:

@@ -16,9 +16,10 @@ from __future__ import annotations
 import math
 import types
 from collections import defaultdict, deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 
@@ -87,19 +88,20 @@ def literal_key(key: object, depth: int = 0) -> tuple[str, bool]:
     if key is None or kind is bool:
         return repr(key), True
     if kind is int:
-        if int.bit_length(key) > 200:  # beyond ~60 digits; repr may also be refused (3.11+)
-            return f"<int key of {int.bit_length(key):,} bits>", False
+        number = cast(int, key)
+        if int.bit_length(number) > 200:  # beyond ~60 digits; repr may also be refused (3.11+)
+            return f"<int key of {int.bit_length(number):,} bits>", False
         return repr(key), True
     if kind is float:
-        return (repr(key), True) if math.isfinite(key) else (f"<float key {repr(key)}>", False)
+        return (repr(key), True) if math.isfinite(cast(float, key)) else (f"<float key {repr(key)}>", False)
     if kind is str or kind is bytes:
-        if len(key) > TEXT_CAP:
+        if len(cast("str | bytes", key)) > TEXT_CAP:
             return f"<{kind.__name__} key {shortened(key)}>", False  # type: ignore[arg-type]
         return repr(key), True
     if kind is torch.dtype:
         return repr(key), True  # "torch.float16": evaluates wherever torch is imported
-    if kind is tuple and depth < 3 and tuple.__len__(key) <= 8:
-        parts = [literal_key(k, depth + 1) for k in tuple.__iter__(key)]
+    if kind is tuple and depth < 3 and tuple.__len__(cast(tuple, key)) <= 8:
+        parts = [literal_key(k, depth + 1) for k in tuple.__iter__(cast(tuple, key))]
         text = "(" + ", ".join(p[0] for p in parts) + ("," if len(parts) == 1 else "") + ")"
         if len(text) <= TEXT_CAP and all(p[1] for p in parts):
             return text, True
@@ -200,7 +202,7 @@ def _position_of(container: object, value: object) -> tuple[bool, object]:
         return False, None
     if _inverse is not None and len(entries) > _INDEX_FROM:
         # The container is kept with its index, so its address cannot be reused meanwhile.
-        inverse: dict[int, object] = {}
+        inverse = {}
         _inverse[id(container)] = (container, inverse)
         for key, item in entries:
             inverse.setdefault(id(item), key)
@@ -270,9 +272,9 @@ def _describe_hop(chain: Sequence[object], i: int) -> tuple[list[Step], int]:
 
     exact = _EXACT_HOPS.get(id(kind))  # by address: hashing a class runs its metaclass's __hash__
     if exact is not None:
-        steps = exact(holder, held, after)
-        if steps is not None:
-            return steps
+        hop = exact(holder, held, after)
+        if hop is not None:
+            return hop
         return [_via(holder)], 1
     category = cached_fact(kind, "hop_category", _category)
     if category is _NAMESPACE_OWNER:
@@ -425,7 +427,7 @@ def _generator_hop(holder: object, held: object, after: object) -> tuple[list[St
     return None
 
 
-_EXACT_HOPS = {
+_EXACT_HOPS: dict[int, Callable[..., tuple[list[Step], int] | None]] = {
     id(types.CellType): _cell_hop,
     id(types.FunctionType): _function_hop,
     id(types.MethodType): _method_hop,

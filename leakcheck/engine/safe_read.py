@@ -24,7 +24,7 @@ import inspect
 import sys
 import types
 from collections import OrderedDict, defaultdict, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 MISSING = object()
@@ -37,7 +37,7 @@ _TYPE_DICT = type.__dict__["__dict__"]
 _TYPE_FLAGS = type.__dict__["__flags__"]
 _TYPE_DICTOFFSET = type.__dict__["__dictoffset__"]
 _TYPE_SUBCLASSCHECK = type.__dict__["__subclasscheck__"]
-_MODULE_DICT = types.ModuleType.__dict__["__dict__"]
+_MODULE_DICT = types.ModuleType.__dict__["__dict__"]  # type: ignore[index]  # typeshed: a property, not the dict
 _EXCEPTION_ARGS = BaseException.__dict__["args"]
 
 # Py_TPFLAGS_MANAGED_DICT: instances keep their dict outside the dictoffset slot (3.11+).
@@ -54,7 +54,7 @@ CLEARABLE_TYPES = (dict, list, set, OrderedDict, defaultdict, deque)
 _CLEARABLE_IDS = frozenset(id(t) for t in CLEARABLE_TYPES)  # by address: `in` would call __eq__
 
 
-def _generic_get_dict() -> object | None:
+def _generic_get_dict() -> Callable[..., object] | None:
     """CPython's own `PyObject_GenericGetDict`, for an instance dict hidden behind a property."""
     try:
         function = ctypes.pythonapi.PyObject_GenericGetDict
@@ -221,7 +221,7 @@ def elements_of(container: object) -> list[object] | None:
     for base in (list, tuple, deque):
         if cls is base or is_subtype(cls, base):
             try:
-                return list(base.__iter__(container))  # type: ignore[attr-defined]
+                return list(base.__iter__(container))  # type: ignore[arg-type]  # its type is base or a subclass
             except Exception:
                 return None
     return None

@@ -30,11 +30,11 @@ class CollectableWatch:
         if storage.kind == "tensor" and not storage.unknown:
             ref = torch_internals.storage_weak_ref(holder)
             if ref is not None:
-                checks.append(lambda ref=ref: not ref.expired())
+                checks.append(lambda ref=ref: not ref.expired())  # type: ignore[misc]  # default binds ref now
                 return
         try:
             ref = weakref.ref(holder)
-            checks.append(lambda ref=ref: ref() is not None)
+            checks.append(lambda ref=ref: ref() is not None)  # type: ignore[misc]  # default binds ref now
         except TypeError:  # not weakly referenceable: it cannot be watched, so it is not trusted
             checks.append(lambda: True)
 

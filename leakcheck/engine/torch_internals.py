@@ -13,13 +13,14 @@ from __future__ import annotations
 import types
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
+from typing import SupportsInt, cast
 
 import torch
 
 from leakcheck.engine.safe_read import MISSING, class_lookup, is_subtype, mro
 
 # The C base of torch.Tensor: its descriptors read the TensorImpl directly.
-TENSOR_BASE: type = getattr(torch._C, "TensorBase", None) or getattr(torch._C, "_TensorBase", torch.Tensor)
+TENSOR_BASE = cast(type, getattr(torch._C, "TensorBase", None) or getattr(torch._C, "_TensorBase", torch.Tensor))
 # Layouts whose tensors keep their bytes in an opaque handle with no readable storage.
 OPAQUE_LAYOUTS = {layout: "MKLDNN" for layout in (getattr(torch, "_mkldnn", None),) if layout is not None}
 _PYTHON_KEY = getattr(getattr(torch._C, "DispatchKey", None), "Python", None)
@@ -122,7 +123,7 @@ def untyped_storage(tensor: object) -> torch.UntypedStorage:
 
 
 def numel(tensor: object) -> int:
-    return int(_call("numel", tensor))  # type: ignore[arg-type]
+    return int(_call("numel", tensor))  # type: ignore[call-overload]
 
 
 def component(name: str, tensor: object) -> object:
@@ -206,7 +207,7 @@ def is_mem_pool(holder: object) -> bool:
 def _as_pool(value: object) -> tuple[int, int] | None:
     if value is None:
         return None
-    first, second = value  # type: ignore[misc]
+    first, second = cast("tuple[SupportsInt, SupportsInt]", value)
     return int(first), int(second)
 
 

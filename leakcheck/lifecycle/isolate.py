@@ -275,7 +275,7 @@ def _copy(source: Path, target: Path | None) -> list[str]:
     return []
 
 
-_SIGNAL_HINTS = {
+_SIGNAL_HINTS: dict[int, str] = {
     signal.SIGKILL: "the kernel's OOM killer sends it when memory runs out",
     signal.SIGSEGV: "a native extension read memory it does not own",
     signal.SIGABRT: "a native library aborted (CUDA errors often end this way)",
@@ -347,7 +347,7 @@ def _stuck_at(blocks: dict[str, str]) -> tuple[str | None, str | None]:
     current = next((text for label, text in blocks.items() if label.lower().startswith("current")), None)
     if current is None:
         return None, None
-    frames = []
+    frames: list[tuple[str, int | None, str]] = []
     for line in current.splitlines():
         match = _FRAME_LINE.match(line)
         if match:

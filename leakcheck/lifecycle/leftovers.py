@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import threading
 from dataclasses import dataclass, field
+from typing import Literal, overload
 
 MAX_COMMAND = 200  # characters of a child's command line in the note
 
@@ -79,6 +80,10 @@ def _describe(pid: int) -> str:
     return f"{pid} ({command})" if command else str(pid)
 
 
+@overload
+def _read(path: str, binary: Literal[False] = False) -> str | None: ...
+@overload
+def _read(path: str, binary: Literal[True]) -> bytes | None: ...
 def _read(path: str, binary: bool = False) -> str | bytes | None:
     try:
         with open(path, "rb") as handle:

@@ -31,7 +31,7 @@ import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 
 from leakcheck.config import ConfigError
 from leakcheck.lifecycle.errors import LeakcheckStop, RunnerExit, describe, type_name
@@ -74,13 +74,13 @@ class _ExitGuard:
 _exits: _ExitGuard | None = None
 
 
-def _contained_exit(code: int) -> None:
+def _contained_exit(status: int) -> NoReturn:
     guard = _exits
     if guard is None or os.getpid() != guard.leader:
-        REAL_EXIT(code)
-    shown = code if type(code) is int else "?"
+        REAL_EXIT(status)
+    shown = status if type(status) is int else "?"
     guard.attempts.append(f"os._exit({shown}) in thread {threading.current_thread().name}")
-    raise RunnerExit(code)
+    raise RunnerExit(status)
 
 
 @contextlib.contextmanager
@@ -197,9 +197,10 @@ def _format_stack(frame: FrameType) -> str:
         return "".join(traceback.format_stack(frame))
     except Exception:  # a source loader of the runner's failed: keep the frames' names
         lines = []
-        while frame is not None:
-            lines.append(f"  {frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}\n")
-            frame = frame.f_back
+        current: FrameType | None = frame
+        while current is not None:
+            lines.append(f"  {current.f_code.co_filename}:{current.f_lineno} in {current.f_code.co_name}\n")
+            current = current.f_back
         return "".join(reversed(lines))
 
 

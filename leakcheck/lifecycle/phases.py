@@ -370,7 +370,7 @@ def _one_cycle(
             say(f"warm-up: {step.call}")
             left = None if deadline is None else max(deadline - time.perf_counter(), 0.001)
             call = RunnerCall("warmup", f"warm-up call {step.call}()", cycle, left, abandon, budget=limits.warmup)
-            warmed = call_runner(call, lambda step=step: getattr(runner, step.call)(**step.args))
+            warmed = call_runner(call, lambda step=step: getattr(runner, step.call)(**step.args))  # type: ignore[misc]
             raise_if_requested()
             error = warmed.error
             del warmed  # the return value is dropped at once
