@@ -43,6 +43,15 @@ def write_runner(folder: Path, module: str, source: str, config: str, name: str 
     return path
 
 
+def write_unique_runner(folder: Path, stem: str, source: str) -> tuple[Path, str]:
+    """A runner module named after `folder` too, for in-process runs (CliRunner): tests share
+    one interpreter, where `sys.modules` would hand a second test the first one's module.
+    Returns the config's path (device cpu, factory `<module>:build`) and the module's name."""
+    module = f"{stem}_{folder.name.replace('-', '_')}"
+    config = write_runner(folder, module, source, f'device: cpu\nrunner: {{factory: "{module}:build"}}\n')
+    return config, module
+
+
 def command(config: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "leakcheck", "run", str(config), *extra]
 

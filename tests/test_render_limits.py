@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from leakcheck.cli import app
+
+from process_runs import write_unique_runner
 
 HOLDERS = 3000
 HUGE_KEY = 20 * 2**20  # a 20 MB string key
@@ -33,15 +34,9 @@ def build():
 
 @pytest.fixture
 def many_holders(tmp_path: Path):
-    name = f"many_holders_{tmp_path.name.replace('-', '_')}"
-    (tmp_path / f"{name}.py").write_text(RUNNER)
-    config = tmp_path / "many.yaml"
-    config.write_text(textwrap.dedent(f"""\
-        device: cpu
-        runner: {{factory: "{name}:build"}}
-        """))
+    config, module = write_unique_runner(tmp_path, "many_holders", RUNNER)
     yield config
-    sys.modules.pop(name, None)
+    sys.modules.pop(module, None)
 
 
 def test_thousands_of_holders_are_capped_in_text_and_kept_in_json(tmp_path, many_holders):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import gc
 import json
 import sys
-import textwrap
 
 import pytest
 import torch
@@ -15,6 +14,8 @@ from leakcheck import take_baseline
 from leakcheck.cli import app
 from leakcheck.engine.audit import audit_watching
 from leakcheck.engine.survivors import storage_key
+
+from process_runs import write_unique_runner
 
 RUNNER = """
 import gc
@@ -80,13 +81,7 @@ def test_the_watch_sees_what_a_collection_did_not_free(collector_restored, resur
 
 
 def test_resurrected_garbage_fails_the_gate_and_names_its_new_holder(tmp_path, collector_restored):
-    name = f"resurrecting_{tmp_path.name.replace('-', '_')}"
-    (tmp_path / f"{name}.py").write_text(RUNNER)
-    config = tmp_path / "resurrect.yaml"
-    config.write_text(textwrap.dedent(f"""\
-        device: cpu
-        runner: {{factory: "{name}:build"}}
-        """))
+    config, name = write_unique_runner(tmp_path, "resurrecting", RUNNER)
     report_path = tmp_path / "report.json"
     try:
         result = CliRunner().invoke(app, ["run", str(config), "--json", str(report_path)])
