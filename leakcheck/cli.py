@@ -358,7 +358,7 @@ class Finisher:
 
     def finish(self, stop: Any) -> int:
         from leakcheck.lifecycle.leftovers import find_leftovers
-        from leakcheck.report.build import exit_code
+        from leakcheck.report.gate import exit_code
 
         self.lifecycle.enter("report")
         leftovers = find_leftovers().note()

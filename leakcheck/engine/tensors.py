@@ -92,17 +92,12 @@ def tensor_reads() -> Iterator[None]:
             yield
 
 
-def read_storages(tensor: object, check_pinned: bool = False) -> list[StorageRead]:
-    """Every block of memory `tensor` owns, read with subclass dispatch off.
+def storages_of(tensor: object, check_pinned: bool = False) -> list[StorageRead]:
+    """Every block of memory `tensor` owns, read with subclass dispatch off (call it inside
+    `tensor_reads()`, entered once for a whole loop).
 
     check_pinned: also ask whether host storages are pinned (only CUDA audits care).
     """
-    with tensor_reads():
-        return storages_of(tensor, check_pinned)
-
-
-def storages_of(tensor: object, check_pinned: bool = False) -> list[StorageRead]:
-    """`read_storages` for callers already inside `tensor_reads()`."""
     try:
         return _read(tensor, check_pinned)
     except Exception as error:
@@ -257,11 +252,6 @@ def _estimate(
         shape=(count,) if count else (),
         numel=count,
     )
-
-
-def is_pinned_tensor(tensor: object) -> bool:
-    """Whether the tensor's memory is pinned host memory (read without the subclass's code)."""
-    return any(read.pinned for read in read_storages(tensor, check_pinned=True))
 
 
 def tensor_label(tensor: object) -> str:

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from leakcheck.config import Config
 from leakcheck.lifecycle.limits import REAL_EXIT, backstop_grace, seconds, stuck_location
-from leakcheck.lifecycle.record import Event, Lifecycle
+from leakcheck.lifecycle.record import Event, Lifecycle, journal_events
 from leakcheck.lifecycle.stops import Stop, stop_signals_to
 from leakcheck.outputs import RUNNING, closing_line, placeholder_error, write_atomic
 from leakcheck.report.model import Report, RunError
@@ -127,7 +127,7 @@ class ChildRun:
             return
         complete = data[: data.rfind(b"\n") + 1]  # a line still being written waits for the next read
         self._offset += len(complete)
-        for event in read_lines(complete):
+        for event in journal_events(complete):
             self.events.append(event)
             if event.get("event") == "phase":
                 self._phase_started = time.monotonic()
@@ -176,18 +176,6 @@ class ChildRun:
             return ""
 
 
-def read_lines(data: bytes) -> list[Event]:
-    import json
-
-    events = []
-    for line in data.decode("utf-8", "replace").splitlines():
-        with contextlib.suppress(ValueError):
-            event = json.loads(line)
-            if isinstance(event, dict):
-                events.append(event)
-    return events
-
-
 def _signals_passed_on(child: ChildRun) -> contextlib.AbstractContextManager[None]:
     """Ctrl-C and SIGTERM go to the child, which writes its report and ends."""
 
@@ -223,7 +211,8 @@ def _die_with_parent() -> Any:
 
 def _finish(config: Config, request: RunRequest, child: ChildRun) -> int:
     from leakcheck import cli
-    from leakcheck.report.build import build_report, exit_code
+    from leakcheck.report.build import build_report
+    from leakcheck.report.gate import exit_code
 
     rc = child.process.returncode
     report = None if child.hung else _final_report(child.report_path)

@@ -200,14 +200,10 @@ class Journal:
         self._file.close()
 
 
-def read_journal(path: Path) -> list[Event]:
-    """The events a journal holds; a last line cut short by a crash is dropped."""
+def journal_events(data: bytes) -> list[Event]:
+    """The events in complete journal lines; a line a crash cut short is dropped."""
     events: list[Event] = []
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return events
-    for line in text.splitlines():
+    for line in data.decode("utf-8", "replace").splitlines():
         try:
             event = json.loads(line)
         except ValueError:

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 from leakcheck.config import Config
 from leakcheck.lifecycle.record import Lifecycle
-from leakcheck.report.gate import count, exit_code, is_allowed, verdict
+from leakcheck.report.gate import count, is_allowed, verdict
 from leakcheck.report.model import CYCLE, Cycle, Owner, Report, RunError
-
-__all__ = ["build_report", "cycle_summaries", "exit_code", "nvml_growth", "release_lines"]
 
 
 def build_report(
