@@ -26,6 +26,7 @@ import torch
 
 import leakcheck
 from leakcheck.engine.heap import HeapGraph, TypeIndex, ids_of
+from leakcheck.engine.release import Release
 from leakcheck.engine.paths import (
     MODULE_TABLES,
     TEXT_CAP,
@@ -89,6 +90,7 @@ class Handle:
     evaluable: bool = True
     detail: str | None = None
     fix: str | None = None
+    release: Release | None = None  # the fix in executable form, for --prove (None: not known)
 
 
 @dataclass
