@@ -97,6 +97,7 @@ class RunRequest:
     cycles: int | None = None
     timeouts: Timeouts | None = None
     isolate: bool | None = None
+    prove: bool = True  # run the suggested lines after the last measurement (--prove)
     verbose: bool = False
     journal: Path | None = None  # set in the child process of an isolated run
     argv: list[str] = field(default_factory=list)  # the flags to pass on to that child
@@ -151,6 +152,12 @@ def run(
         help="Run the runner in a child process, so a segfault, CUDA abort or OOM kill is reported with its phase "
         "and the memory measured before it (overrides isolate: in the config).",
     ),
+    prove: bool = typer.Option(
+        True,
+        "--prove/--no-prove",
+        help="After the last measurement, run the suggested lines one by one and measure what each frees "
+        "(it changes the runner's objects, so nothing is measured after it).",
+    ),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show tracebacks."),
     journal: Optional[Path] = typer.Option(None, "--journal", hidden=True),
 ) -> None:
@@ -162,6 +169,7 @@ def run(
     """
     request = RunRequest(config_path=config_path, outputs=Outputs(json_path, markdown_path), verbose=verbose)
     request.journal, request.device, request.cycles, request.isolate = journal, device, cycles, isolate
+    request.prove = prove
     try:
         request.max_leaked_bytes = parse_size(max_leaked) if max_leaked is not None else None
     except ValueError as exc:
@@ -175,6 +183,8 @@ def run(
     except ValueError as exc:
         raise _fail(f"--timeout: {exc}") from None
     request.argv = _child_flags(max_leaked, max_growth, device, cycles, timeout, verbose)
+    if not prove:
+        request.argv.append("--no-prove")
     try:
         request.outputs.check()
     except OutputError as exc:
@@ -304,7 +314,7 @@ def _run_here(config: Config, request: RunRequest) -> int:
         exits_before = exit_attempts()
         try:
             with _progress(request, journal) as say:
-                run_lifecycle(config, say, into=lifecycle, on_abandon=finisher.abandon)
+                run_lifecycle(config, say, into=lifecycle, on_abandon=finisher.abandon, prove=request.prove)
         except ConfigError as exc:
             raise _config_failure(request, config, str(exc), finisher.report(config_error=str(exc))) from None
         except (KeyboardInterrupt, LeakcheckStop):

@@ -53,6 +53,8 @@ class Gate(_Strict):
     max_leaked_bytes: int = 0
     max_nvml_growth_bytes: int | None = None  # NVML growth since baseline; per later cycle with cycles > 1
     allow: list[str] = Field(default_factory=list)
+    # Fail unless --prove freed every counted byte with the suggested lines alone.
+    require_proven: bool = False
 
     @field_validator("max_leaked_bytes", "max_nvml_growth_bytes", mode="before")
     @classmethod

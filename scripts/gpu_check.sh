@@ -34,6 +34,12 @@ check hf-llama-fixed 0 leakcheck/examples/hf-llama-fixed.yaml
 check hf-llama-seed-cycles 1 leakcheck/examples/hf-llama-seed.yaml --cycles 3
 check hf-llama-fixed-cycles 0 leakcheck/examples/hf-llama-fixed.yaml --cycles 3
 
+check streams-seed 1 leakcheck/examples/streams-seed.yaml
+check streams-fixed 0 leakcheck/examples/streams-fixed.yaml
+
+echo "== per-cycle NVML growth by category (new stream per load; target: 95% named)"
+"$py" scripts/gpu_cycles.py "$out/streams-seed.json" "$out/streams-fixed.json" || status=1
+
 echo "== allocator snapshot joined with a live audit"
 "$py" scripts/capture_cuda_snapshot.py "$out" || status=1
 

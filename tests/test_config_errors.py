@@ -72,7 +72,7 @@ CASES = [
         "unknown nested key",
         GOOD.replace("  max_leaked_bytes: 0", "  max_leaked: 0"),
         10,
-        "unknown key 'max_leaked' in gate (allowed: max_leaked_bytes, max_nvml_growth_bytes, allow)",
+        "unknown key 'max_leaked' in gate (allowed: max_leaked_bytes, max_nvml_growth_bytes, allow, require_proven)",
     ),
     (
         "bad size",

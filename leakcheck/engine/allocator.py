@@ -1,8 +1,9 @@
 """PyTorch's CUDA caching allocator, read from `torch.cuda.memory._snapshot()`.
 
 What the heap cannot tell: which bytes a CUDA graph's private pool still reserves, where a
-block was allocated (the Python stack recorded with it), and what the allocator holds that
-no Python tensor explains (cuBLAS workspaces, blocks kept from C++, its own cache).
+block was allocated (the Python stack recorded with it), which stream allocated it, and what
+the allocator holds that no Python tensor explains (cuBLAS workspaces, blocks kept from C++,
+its own cache).
 Everything here works on the snapshot's plain dicts, so recorded snapshots replay on a CPU.
 """
 
@@ -17,6 +18,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
+
+from leakcheck.engine import torch_internals
 
 DEFAULT_POOL = (0, 0)
 ACTIVE = ("active_allocated", "active_pending_free")
@@ -40,6 +43,7 @@ class Block:
     state: str
     pool: tuple[int, int]
     frames: list[Frame] = field(default_factory=list)
+    stream: int = 0  # the stream its segment was allocated on (0: the default stream)
 
     @property
     def active(self) -> bool:
@@ -53,6 +57,7 @@ class Segment:
     pool: tuple[int, int]
     blocks: list[Block]
     frames: list[Frame] = field(default_factory=list)
+    stream: int = 0  # the caching allocator keeps each stream's segments apart
 
     @property
     def active_size(self) -> int:
@@ -71,24 +76,34 @@ class AllocatorState:
     device: int
     segments: list[Segment]
     history: bool = False  # whether blocks carry allocation stacks
+    # Active blocks the size of a cuBLAS(Lt) workspace inside a private pool: made while a
+    # graph was being captured, kept by torch's per-stream workspace map, so releasing the
+    # graph does not free them (see `workspaces_in_pools`).
+    pool_workspaces: set[int] = field(default_factory=set)
     _starts: list[int] = field(default_factory=list, repr=False)
     _blocks: list[Block] = field(default_factory=list, repr=False)
 
     @classmethod
-    def from_snapshot(cls, snapshot: dict, device: int = 0) -> AllocatorState:
+    def from_snapshot(cls, snapshot: dict, device: int = 0, workspace_sizes: Iterable[int] = ()) -> AllocatorState:
+        """`workspace_sizes`: the sizes torch gives cuBLAS and cuBLASLt workspaces on this
+        device, to tell the workspaces captured into graph pools (none told when empty)."""
         segments = []
         for raw in snapshot.get("segments", []):
             if raw.get("device", device) != device:
                 continue
             pool = tuple(raw.get("segment_pool_id", DEFAULT_POOL))
+            stream = int(raw.get("stream", 0) or 0)
             blocks = []
             address = raw["address"]
             for block in raw.get("blocks", []):
                 start = block.get("address", address)
-                blocks.append(Block(start, block["size"], block["state"], pool, _frames(block.get("frames"))))
+                frames = _frames(block.get("frames"))
+                blocks.append(Block(start, block["size"], block["state"], pool, frames, stream))
                 address = start + block["size"]
-            segments.append(Segment(raw["address"], raw["total_size"], pool, blocks, _frames(raw.get("frames"))))
+            frames = _frames(raw.get("frames"))
+            segments.append(Segment(raw["address"], raw["total_size"], pool, blocks, frames, stream))
         state = cls(device=device, segments=segments)
+        state.pool_workspaces = workspaces_in_pools(segments, set(workspace_sizes))
         state._blocks = sorted((b for s in segments for b in s.blocks), key=lambda b: b.address)
         state._starts = [b.address for b in state._blocks]
         state.history = any(b.frames for b in state._blocks if b.active)
@@ -98,7 +113,7 @@ class AllocatorState:
     def capture(cls, device: str) -> AllocatorState:
         """Read the live allocator; a CPU-side call that allocates nothing on the device."""
         index = torch.device(device).index or 0
-        return cls.from_snapshot(torch.cuda.memory._snapshot(), index)
+        return cls.from_snapshot(torch.cuda.memory._snapshot(), index, torch_internals.cublas_workspace_sizes())
 
     def block_at(self, address: int) -> Block | None:
         """The block holding `address` (a storage's data pointer)."""
@@ -115,15 +130,35 @@ class AllocatorState:
         return sum(s.total_size for s in self.segments if pool is None or s.pool == pool)
 
     def pools(self) -> dict[tuple[int, int], int]:
-        """Reserved bytes of each private pool (CUDA graphs, MemPools)."""
+        """Reserved bytes of each private pool (CUDA graphs, MemPools) that its owner frees.
+
+        A cuBLAS workspace captured into the pool is not among them: torch's workspace map
+        keeps it, so releasing the graph leaves it (and its segment's spare room) reserved.
+        """
         result: dict[tuple[int, int], int] = {}
         for segment in self.segments:
             if segment.pool != DEFAULT_POOL:
-                result[segment.pool] = result.get(segment.pool, 0) + segment.total_size
+                result[segment.pool] = (
+                    result.get(segment.pool, 0) + segment.total_size - self.kept_by_workspace(segment)
+                )
         return result
 
     def pool_active(self, pool: tuple[int, int]) -> int:
-        return sum(s.active_size for s in self.segments if s.pool == pool)
+        """Bytes allocated in a pool, less the workspaces torch keeps there."""
+        return sum(
+            sum(b.size for b in s.blocks if b.active and b.address not in self.pool_workspaces)
+            for s in self.segments
+            if s.pool == pool
+        )
+
+    def kept_by_workspace(self, segment: Segment) -> int:
+        """The part of a pool segment a captured workspace keeps reserved after the pool's
+        owner goes: all of it but the other live blocks (the segment cannot be released)."""
+        if not any(b.address in self.pool_workspaces for b in segment.blocks):
+            return 0
+        return segment.total_size - sum(
+            b.size for b in segment.blocks if b.active and b.address not in self.pool_workspaces
+        )
 
     def pool_frames(self, pool: tuple[int, int]) -> list[Frame]:
         """Where a pool's memory was first asked for: its largest segment's stack."""
@@ -135,6 +170,23 @@ class AllocatorState:
                 if block.frames:
                     return block.frames
         return []
+
+
+def workspaces_in_pools(segments: list[Segment], sizes: set[int]) -> set[int]:
+    """Active blocks in private pools whose size is a cuBLAS workspace's.
+
+    The size is what can be told without freeing anything (telling them for certain means
+    clearing torch's workspaces, which `phases._reconcile` does only after the last phase).
+    """
+    if not sizes:
+        return set()
+    return {
+        block.address
+        for segment in segments
+        if segment.pool != DEFAULT_POOL
+        for block in segment.blocks
+        if block.active and block.size in sizes
+    }
 
 
 def _frames(raw: Iterable[dict] | None) -> list[Frame]:

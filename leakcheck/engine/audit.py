@@ -15,10 +15,12 @@ import numpy as np
 from leakcheck.engine import torch_internals
 from leakcheck.engine.allocator import AllocatorState
 from leakcheck.engine.heap import TypeIndex, build_graph, collector_paused, reveal_frozen_objects
-from leakcheck.engine.inventory import Inventory, Item, add_pools, add_storages
-from leakcheck.engine.owners import Leaked, Ownership, effective_owners, find_owners
+from leakcheck.engine.inventory import Inventory, Item, add_cpp_held, add_pools, add_storages, own_cpp_held
+from leakcheck.engine.owners import Holder, Leaked, Ownership, effective_owners, find_owners
+from leakcheck.engine.release import NO_RELEASE, PlannedRelease, Release, ReleasePlan
 from leakcheck.engine.roots import capture_live_frames, frame_references, index_roots
-from leakcheck.engine.survivors import CollectableWatch
+from leakcheck.engine.seen_storages import SeenStorages, made_by_leakcheck
+from leakcheck.engine.survivors import CollectableWatch, storage_key
 from leakcheck.engine.tensors import Baseline, hidden_edges, normalize_device, tensor_nodes
 from leakcheck.report.model import FREED_BY_COLLECTOR, Audit, Owner, SharedHold, Site, Storage
 
@@ -34,6 +36,7 @@ def audit(
     allocator: AllocatorState | None = None,
     pool_types: tuple[type, ...] | None = None,
     progress: Progress | None = None,
+    seen: SeenStorages | None = None,
 ) -> Audit:
     """Find every storage and memory pool alive on `device` and attribute it to its holders.
 
@@ -45,6 +48,8 @@ def audit(
         gives each pool's reserved bytes and, with history on, where each block came from.
     pool_types: classes whose instances own a private memory pool (default: CUDA graphs
         and MemPools); their `pool()` or `id` names the pool.
+    seen: storages watched since the runner was built (`seen_storages.take_snapshot`); those
+        still alive that no Python tensor reaches are reported as `cpp_held`.
 
     Storages held only by reference cycles are reported as `cycle` owners, which
     `gc.collect()` frees; the audit finds them without collecting (`audit_watching` also
@@ -58,6 +63,7 @@ def audit(
         allocator=allocator,
         pool_types=pool_types,
         progress=progress,
+        seen=seen,
     )[0]
 
 
@@ -70,11 +76,16 @@ def audit_watching(
     allocator: AllocatorState | None = None,
     pool_types: tuple[type, ...] | None = None,
     progress: Progress | None = None,
+    plan: ReleasePlan | None = None,
+    seen: SeenStorages | None = None,
 ) -> tuple[Audit, CollectableWatch]:
     """`audit()`, and weak references to every storage it judged collectable.
 
     After `gc.collect()`, `CollectableWatch.survivors()` names those a finalizer kept alive:
     they were not freed, whatever the audit expected. See `engine/survivors.py`.
+
+    plan: when given, filled with the audit's release plan (one step per reported owner, in
+        report order, and weak references to every leaked storage), for `lifecycle.prove`.
     """
     say = progress or (lambda _message: None)
     device = normalize_device(device)
@@ -91,14 +102,18 @@ def audit_watching(
         objects = gc.get_objects()
         types = TypeIndex(objects)
         nodes = tensor_nodes(objects, types)
+        made = made_by_leakcheck(objects, nodes.tolist())
+        if made:  # tensor objects a snapshot's graph reading made: leakcheck's own
+            nodes = np.array([node for node in nodes.tolist() if node not in made], dtype=np.int64)
         known = len(objects)
         extra_edges = hidden_edges(objects, nodes)
         types.extend(objects[known:])
-        nodes = np.concatenate([nodes, np.arange(known, len(objects))])
+        nodes = np.concatenate([nodes, known + tensor_nodes(objects[known:])])  # also autograd nodes came
         inventory = Inventory()
         add_storages(inventory, objects, nodes, device, exclude, pinned=on_cuda)
         if pool_types:
             add_pools(inventory, objects, types.nodes(lambda t: issubclass(t, pool_types)), exclude)
+        first_cpp_held = add_cpp_held(inventory, seen, exclude) if seen is not None else len(inventory.items)
         del nodes
         graph = build_graph(objects, extra_edges + frame_references(frames), types)
         del extra_edges  # its pairs hold references the refcount check must not see
@@ -111,13 +126,27 @@ def audit_watching(
         leaked = inventory.weigh(allocator)
         say(f"attributing {leaked.count:,} storages over {graph.size:,} objects")
         roots = index_roots(graph, runner, frames, barriers=(frames,))
-        ownership = find_owners(graph, roots, leaked, frozen=freeze.frozen_mask(graph.objects))
+        # cpp_held items have no heap node: owners are found for the others, then given theirs.
+        on_heap = Leaked(nodes=leaked.nodes, storage=leaked.storage, nbytes=leaked.nbytes[:first_cpp_held])
+        ownership = find_owners(graph, roots, on_heap, frozen=freeze.frozen_mask(graph.objects))
+        del on_heap
+        own_cpp_held(ownership, inventory.items, first_cpp_held)
         result, collectable = _summarize(device, leaked, inventory.items, ownership, graph.size, graph.edges, baseline)
         watch = _watch(collectable, leaked, graph.objects)
+        if plan is not None:
+            plan.replace(
+                _planned_releases(result, ownership.holders),
+                _watch_leaked(result, inventory.items, leaked, graph.objects),
+            )
         if allocator is not None:
             result.sites = allocation_sites(result.storages)
         del graph, roots, ownership, collectable
     result.frozen_objects = freeze.frozen_objects
+    if seen is not None and seen.failures:
+        result.notes.append(
+            f"{len(seen.failures)} storage snapshot(s) failed ({seen.failures[0]}): storages only C++ holds "
+            "may be missing from this audit"
+        )
     if freeze.note:
         result.notes.append(freeze.note)
     if allocator is not None and not allocator.history and result.storages:
@@ -141,6 +170,37 @@ def _watch(collectable: list[tuple[Storage, int]], leaked: Leaked, objects: list
         first.setdefault(slot, position)
     for storage, slot in collectable:
         watch.add(storage, objects[int(leaked.nodes[first[slot]])])
+    return watch
+
+
+def _planned_releases(result: Audit, holders: list[Holder]) -> list[PlannedRelease]:
+    """One step per reported owner, in report order. Owners are matched to their holders by
+    path: paths repeat only among pseudo-owners of one kind (two garbage cycles, two
+    untracked references), whose releases are the same."""
+    releases: dict[str, Release | None] = {}
+    for holder in holders:
+        releases.setdefault(holder.handle.path, holder.handle.release)
+    return [
+        PlannedRelease(owner.path, owner.kind, owner.fix, releases.get(owner.path) or Release.never(NO_RELEASE))
+        for owner in result.owners
+    ]
+
+
+def _watch_leaked(result: Audit, items: list[Item], leaked: Leaked, objects: list) -> CollectableWatch:
+    """Weak references to each storage the gate may count (neither collectable nor pinned):
+    the proof asks, after each step, which of them died."""
+    watched = {storage_key(s): s for s in result.storages if not s.collectable and not s.pinned}
+    watch = CollectableWatch()
+    first: dict[int, int] = {}
+    for position, slot in enumerate(leaked.storage.tolist()):
+        first.setdefault(slot, position)
+    for slot, item in enumerate(items):
+        storage = watched.get((item.address, item.kind, tuple(item.pool or ())))
+        if storage is not None and slot in first:
+            watch.add(storage, objects[int(leaked.nodes[first[slot]])])
+        elif storage is not None and item.weak_ref is not None:  # cpp_held: no heap node, its own weak ref
+            checks = watch.alive.setdefault(storage_key(storage), [])
+            checks.append(lambda ref=item.weak_ref: not ref.expired())  # type: ignore[attr-defined,misc]
     return watch
 
 

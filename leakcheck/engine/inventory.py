@@ -16,19 +16,27 @@ import numpy as np
 
 from leakcheck.engine import torch_internals
 from leakcheck.engine.allocator import DEFAULT_POOL, AllocatorState, site_label
-from leakcheck.engine.owners import Leaked
+from leakcheck.engine.owners import EXAMPLES_PER_OWNER, Holder, Leaked, Ownership, remedy_handle
+from leakcheck.engine.release import CPP_STATE, Release
+from leakcheck.engine.roots import Handle
+from leakcheck.engine.seen_storages import SeenStorages
+from leakcheck.recognisers import cpp_remedies
 from leakcheck.engine.tensors import StorageKey, storages_of, tensor_reads
+from leakcheck.report.model import UNTRACKED
+
 
 TENSOR = "tensor"
 GRAPH_POOL = "graph_pool"
 MEM_POOL = "mem_pool"
+CPP_HELD = "cpp_held"  # a storage alive with no Python tensor: C++ holds it (see seen_storages.py)
+POOL_KINDS = (GRAPH_POOL, MEM_POOL)
 
 
 @dataclass
 class Item:
     """One block of memory on the heap: a storage (however many tensors view it) or a pool."""
 
-    kind: str  # tensor | graph_pool | mem_pool
+    kind: str  # tensor | graph_pool | mem_pool | cpp_held
     device: str
     address: int  # a storage's data pointer (0 for pools and for unreadable storages)
     nbytes: int  # a pool's: what it reserves beyond the leaked tensors inside it (see `weigh`)
@@ -44,10 +52,11 @@ class Item:
     reserved: int = 0  # what the device gets back when it goes (see `weigh`)
     idle: bool = False  # a pool with no live allocation in it
     allocated_at: str | None = None  # the user-code line that allocated it (CUDA, history on)
+    weak_ref: object | None = None  # cpp_held: the StorageWeakRef that says whether it died
 
     @property
     def is_pool(self) -> bool:
-        return self.kind != TENSOR
+        return self.kind in POOL_KINDS
 
 
 @dataclass
@@ -85,7 +94,9 @@ class Inventory:
             item.reserved = item.nbytes
             block = allocator.block_at(item.address) if allocator and not item.is_pool else None
             if block is not None and not item.pinned:
-                item.pool = list(block.pool)
+                # A cpp_held storage names no pool: a storage report with a pool that is
+                # not a tensor reads as the pool's owner (reconcile.py).
+                item.pool = list(block.pool) if item.kind == TENSOR else None
                 item.allocated_at = site_label(block.frames)
                 item.reserved = 0  # until a segment only leaked blocks keep gives it back
                 inside[block.pool] = inside.get(block.pool, 0) + block.size
@@ -165,3 +176,74 @@ def add_pools(inventory: Inventory, objects: list, nodes: np.ndarray, exclude: s
         kind = MEM_POOL if torch_internals.is_mem_pool(holder) else GRAPH_POOL
         item = Item(kind=kind, device="", address=0, nbytes=0, pool=list(pool))
         inventory.add(("pool", pool), node, item)
+
+
+def add_cpp_held(inventory: Inventory, seen: SeenStorages, exclude: set[StorageKey]) -> int:
+    """Storages seen from `loaded` on, still alive, that no tensor on the heap reaches: C++
+    holds them. Each becomes a `cpp_held` item with no heap node (nothing on the heap pins
+    it), appended after every other item; returns the slot of the first.
+
+    Never dropped: these are the bytes a heap walk alone would pass with 0 leaked.
+    """
+    first = len(inventory.items)
+    for held in seen.alive():
+        if held.key in inventory.index or held.key in exclude:
+            continue
+        inventory.index[held.key] = len(inventory.items)
+        inventory.items.append(
+            Item(
+                kind=CPP_HELD,
+                device=held.device,
+                address=held.address,
+                nbytes=held.nbytes,
+                dtype="uint8",
+                shape=[held.nbytes],
+                numel=held.nbytes,
+                note="no Python tensor points to it: held from C++ (bytes of the storage)",
+                weak_ref=held.ref,
+            )
+        )
+    return first
+
+
+def own_cpp_held(ownership: Ownership, items: list[Item], first: int) -> None:
+    """Give the cpp_held items (slots `first` on) their holder: the C++ state a library's
+    recogniser names (TorchScript's compilation unit, torch.compile's caches), or else one
+    `<held in C++ ...>` holder that says no Python line releases it.
+
+    Which library state holds which storage cannot be read from Python, so each named state
+    holds all of them: releasing every one frees them, which `--prove` then measures.
+    """
+    slots = list(range(first, len(items)))
+    if not slots:
+        return
+    handles = [remedy_handle(remedy) for remedy in cpp_remedies()] or [_unnamed_cpp_handle(len(slots))]
+    storages = np.array(slots, dtype=np.int64)
+    for slot in slots:
+        ownership.owner_sets.append([])
+        ownership.example.append((_storage_label(items[slot]), False))
+    for handle in handles:
+        examples = [(slot, _storage_label(items[slot]), False) for slot in slots[:EXAMPLES_PER_OWNER]]
+        index = len(ownership.holders)
+        ownership.holders.append(Holder(handle=handle, storages=storages, tensors=len(slots), examples=examples))
+        for slot in slots:
+            ownership.owner_sets[slot].append(index)
+
+
+def _storage_label(item: Item) -> str:
+    return f"<storage of {item.nbytes:,} bytes at {item.address:#x}, held in C++>"
+
+
+def _unnamed_cpp_handle(count: int) -> Handle:
+    return Handle(
+        f"<held in C++: {count} storage{'s' if count != 1 else ''} no Python object points to>",
+        UNTRACKED,
+        None,
+        evaluable=False,
+        detail=(
+            "alive, but no Python tensor points to these bytes: C++ holds them, e.g. TorchScript's "
+            "compilation unit (torch.jit.freeze / trace constants), torch.compile's caches, or a C++ extension"
+        ),
+        fix="# no Python line releases it: find the C++ owner (TorchScript? torch.compile?)",
+        release=Release.never(CPP_STATE),
+    )

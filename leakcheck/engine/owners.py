@@ -26,7 +26,11 @@ import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 
 from leakcheck.engine.heap import HeapGraph, expand, ids_of
+from leakcheck.engine.dominators import objects_to_release
+from leakcheck.engine.liveness import dead_roots
+from leakcheck.recognisers import Remedy
 from leakcheck.engine.paths import describe_chain, indexed_containers, join
+from leakcheck.engine.release import FROZEN, NO_ROOT, UNTRACKED_REFERENCE, Release, collect
 from leakcheck.engine.roots import Handle, RootIndex
 from leakcheck.engine.safe_read import type_name
 from leakcheck.engine.tensors import tensor_label
@@ -34,6 +38,8 @@ from leakcheck.engine.walks import Walker
 from leakcheck.report.model import CLOSURE, CYCLE, FREED_BY_COLLECTOR, FROZEN_GARBAGE, UNATTRIBUTED, UNTRACKED
 
 EXAMPLES_PER_OWNER = 3
+# Pseudo-owners: none of them explains why a C++ reference holds a storage (see `_untracked`).
+_PSEUDO_OWNER_KINDS = frozenset({UNTRACKED, UNATTRIBUTED, CYCLE, FROZEN_GARBAGE})
 
 
 @dataclass
@@ -139,7 +145,7 @@ def find_owners(
     reach, not by how many there are.
     """
     objects = graph.objects
-    inside, stops = Walker(graph.rev_indptr, graph.rev_indices, graph.size).walk(leaked.nodes.tolist(), stop=roots.stop)
+    inside, stops, stop = _leads_to_leaks(graph, roots, leaked)
     sub = _Subgraph.of(graph, inside)
     walker = Walker(sub.indptr, sub.indices, sub.size)
     tensor_local = sub.local[leaked.nodes]
@@ -147,7 +153,7 @@ def find_owners(
     # Before any handle exists: handles hold their targets, which would add references.
     unexplained = unexplained_references(graph, sub.nodes)
     untracked = _untracked_by_storage(leaked, unexplained[tensor_local])
-    garbage = _garbage(graph, sub, walker, roots.stop, unexplained)
+    garbage = _garbage(graph, sub, walker, stop, unexplained)
     del unexplained
 
     holders: list[Holder] = []
@@ -226,7 +232,29 @@ def find_owners(
             and all(".__closure__[" in path for _, path, _ in holder.examples)
         ):
             holder.handle = replace(holder.handle, kind=CLOSURE, detail="; ".join(holder.notes))
+    # Library registries are paths to the object to release, not holders (engine/dominators.py).
+    holders = objects_to_release(holders, owner_sets, graph, sub, walker, tensor_local, leaked.storage, roots)
     return Ownership(holders=holders, owner_sets=owner_sets, example=example)
+
+
+def _leads_to_leaks(graph: HeapGraph, roots: RootIndex, leaked: Leaked) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(nodes that lead to a leaked tensor without passing a root, the roots met, the stop mask).
+
+    A class or module that is itself garbage (a class made per call, see `liveness.py`) is
+    no root: the walk goes on through it, so what it holds is reported as the garbage it is.
+    """
+    backward = Walker(graph.rev_indptr, graph.rev_indices, graph.size)
+    stop = roots.stop
+    sources = leaked.nodes.tolist()
+    inside, stops = backward.walk(sources, stop=stop)
+    for _ in range(8):  # each round can only meet roots further up; real heaps need one or two
+        dead = dead_roots(graph, roots, stops)
+        if dead.size == 0:
+            break
+        stop = stop.copy() if stop is roots.stop else stop
+        stop[dead] = False
+        inside, stops = backward.walk(sources, stop=stop)
+    return inside, stops, stop
 
 
 def _cycle_handle(label: str, frozen: bool) -> Handle:
@@ -238,6 +266,7 @@ def _cycle_handle(label: str, frozen: bool) -> Handle:
             evaluable=False,
             detail="frozen by gc.freeze(): gc.collect() never frees it",
             fix="# break the reference cycle before gc.freeze(), or gc.unfreeze(); gc.collect()",
+            release=Release.never(FROZEN),
         )
     return Handle(
         label,
@@ -246,6 +275,7 @@ def _cycle_handle(label: str, frozen: bool) -> Handle:
         evaluable=False,
         detail="freed by gc.collect()",
         fix="gc.collect()  # or break the reference cycle",
+        release=collect(),
     )
 
 
@@ -315,7 +345,20 @@ def _untracked(
     owner_sets: list[list[int]],
     example: list,
 ) -> None:
+    """A pseudo-owner for each storage a reference outside the Python heap holds, only where no
+    named holder explains it.
+
+    The heap graph already follows what C++ holds that leakcheck can read (autograd graphs,
+    `.grad`, `._base`); what is left is a reference it cannot see. A tensor whose PyObject C++
+    keeps (torch does that for every tensor whose TensorImpl is shared with C++: a TorchScript
+    module's parameters, a graph's saved tensors) has one such reference even though the named
+    holder that owns the C++ object is what frees it: listing the pseudo-owner beside that
+    holder made the holder's retained bytes 0. Garbage-cycle holders explain nothing here,
+    since charging a C++-held storage to a cycle would call it collectable.
+    """
     for storage, nodes in by_storage.items():
+        if any(holders[owner].handle.kind not in _PSEUDO_OWNER_KINDS for owner in owner_sets[storage]):
+            continue
         tensor = graph.objects[nodes[0]]
         label = f"<untracked reference to {tensor_label(tensor)}>"
         path = example[storage][0] if example[storage] else label
@@ -325,10 +368,11 @@ def _untracked(
             None,
             evaluable=False,
             detail=(
-                "held outside the Python heap: an autograd graph (an output that requires grad), "
-                "torch.compile's caches, a C extension, an atexit callback or a thread-local"
+                "held outside the Python heap (C++): a C extension, TorchScript or torch.compile state, "
+                "an atexit callback or a thread-local, or an autograd graph leakcheck could not read"
             ),
-            fix="torch._dynamo.reset()  # if compiled; else drop outputs that require grad, or the extension's handle",
+            fix="# release the C++ owner: the extension's handle, or drop outputs that require grad (keep .detach())",
+            release=Release.never(UNTRACKED_REFERENCE),
         )
         holder = Holder(
             handle=handle,
@@ -338,6 +382,19 @@ def _untracked(
         )
         owner_sets[storage].append(len(holders))
         holders.append(holder)
+
+
+def remedy_handle(remedy: Remedy) -> Handle:
+    """A holder for memory a library's C++ state keeps, named and released as the library says."""
+    return Handle(
+        remedy.label,
+        UNTRACKED,
+        None,
+        evaluable=False,
+        detail=remedy.detail or "held in C++: no Python object points to these storages",
+        fix=remedy.fix,
+        release=remedy.release,
+    )
 
 
 def _unattributed(
@@ -355,6 +412,7 @@ def _unattributed(
         None,
         evaluable=False,
         detail="alive, but reachable from no root leakcheck knows (leakcheck's own frames?)",
+        release=Release.never(NO_ROOT),
     )
     examples = []
     for storage in orphan[:EXAMPLES_PER_OWNER]:

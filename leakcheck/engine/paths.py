@@ -310,7 +310,27 @@ def _describe_hop(chain: Sequence[object], i: int) -> tuple[list[Step], int]:
     for name, value in attribute_pairs(holder):
         if value is held:
             return _named_attribute(holder, name, held, chain, i + 1, _slot_step(holder, name))
+    autograd = _autograd_hop(holder, held)
+    if autograd is not None:
+        return [autograd], 1
     return [_via(holder)], 1
+
+
+# The note a holder gets when its bytes come through a tensor's autograd graph.
+AUTOGRAD_GRAPH_NOTE = (
+    "through the autograd graph of a tensor that requires grad: keep loss.item() or loss.detach(), not the graph"
+)
+
+
+def _autograd_hop(holder: object, held: object) -> Step | None:
+    """A tensor's `.grad_fn`, or what an autograd node holds (engine/tensors.py `hidden_edges`)."""
+    text = ti.autograd_step(holder, held)
+    if text is None:
+        return None
+    if text != ".grad_fn":
+        return Step(text)
+    readable = class_lookup(type(holder), "__torch_function__") is class_lookup(torch.Tensor, "__torch_function__")
+    return Step(text, evaluable=readable, note=AUTOGRAD_GRAPH_NOTE)
 
 
 def _cell_hop(cell: object, held: object, after: object) -> tuple[list[Step], int]:

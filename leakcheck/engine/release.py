@@ -17,7 +17,9 @@ from __future__ import annotations
 import gc
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from leakcheck.engine.survivors import CollectableWatch
 
 # Why leakcheck leaves a holder alone; each is shown next to the holder as "not tried: ...".
 LIVE_FRAME = "a live frame of another thread: only that thread can drop its locals"
@@ -25,6 +27,11 @@ NO_RELEASE = "no line leakcheck knows how to run: release it in shutdown() and r
 NOT_EVALUABLE = "its path cannot be evaluated, so the line cannot be run as written"
 CPP_STATE = "held in C++ with no documented release"
 LIBRARY_STATE = "a library's internal state: clearing it would break other users of the library"
+CALLER_FRAME = "a frame of the code that called leakcheck: only that code can drop its locals"
+UNTRACKED_REFERENCE = "held by a reference outside the Python heap, which no line of Python can drop by name"
+NO_ROOT = "reachable from no root leakcheck knows, so there is no line to run"
+FROZEN = "frozen by gc.freeze(): leakcheck does not unfreeze the caller's heap"
+ALLOWED = "allowed by the gate: its bytes are not counted, so leakcheck leaves it alone"
 
 
 @dataclass(frozen=True)
@@ -106,3 +113,59 @@ def call_method(namespace_owner: object, name: str, method_name: str) -> Release
 def collect() -> Release:
     """Garbage cycles: `gc.collect()`."""
     return Release(action=gc.collect)
+
+
+def clear_in_place(container: object) -> Release:
+    """`runner.clear()` on a list runner (the runner is a root: held strongly)."""
+
+    def run() -> object:
+        return container.clear()  # type: ignore[attr-defined]
+
+    return Release(action=run)
+
+
+def namespace_release(namespace_owner: object, name: object, path: str, fix: str | None) -> Release:
+    """The Release matching a global's or class attribute's suggested line, read off the line
+    itself, so that whoever words the line decides what is run: a line leakcheck does not
+    know how to run (a comment, a library's own release) is not tried unless its Release
+    comes with it."""
+    if fix is None or fix.startswith("#"):
+        return Release.never(NOT_EVALUABLE)
+    if type(name) is not str:
+        return Release.never(NO_RELEASE)
+    if fix == f"{path} = None":
+        return set_to_none(namespace_owner, name)
+    for method in ("cache_clear", "clear"):
+        if fix == f"{path}.{method}()":
+            return call_method(namespace_owner, name, method)
+    return Release.never(NO_RELEASE)
+
+
+@dataclass(frozen=True)
+class PlannedRelease:
+    """One reported holder and how to release it, in report order.
+
+    line: the suggested line (`Owner.fix`); holders with the same line are one step.
+    """
+
+    path: str
+    kind: str
+    line: str | None
+    release: Release
+
+
+@dataclass
+class ReleasePlan:
+    """The suggested lines of one audit in executable form, and weak references to every
+    leaked storage they should free (keyed like `survivors.storage_key`).
+
+    Filled by `audit_watching(plan=...)`; filling it again (a second audit of the same
+    cycle) replaces what it held. Nothing in it keeps a leaked storage alive: the watch is
+    weak, and each Release holds only root containers (see the module docstring).
+    """
+
+    steps: list[PlannedRelease] = field(default_factory=list)
+    watch: CollectableWatch = field(default_factory=CollectableWatch)
+
+    def replace(self, steps: list[PlannedRelease], watch: CollectableWatch) -> None:
+        self.steps, self.watch = steps, watch

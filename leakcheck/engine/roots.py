@@ -26,7 +26,16 @@ import torch
 
 import leakcheck
 from leakcheck.engine.heap import HeapGraph, TypeIndex, ids_of
-from leakcheck.engine.release import Release
+from leakcheck.engine.release import (
+    CALLER_FRAME,
+    LIVE_FRAME,
+    NOT_EVALUABLE,
+    Release,
+    clear_in_place,
+    delete_attribute,
+    delete_item,
+    namespace_release,
+)
 from leakcheck.engine.paths import (
     MODULE_TABLES,
     TEXT_CAP,
@@ -65,6 +74,7 @@ _PACKAGE_DIR = os.path.dirname(os.path.abspath(leakcheck.__file__))
 _EXAMPLES_DIR = os.path.join(_PACKAGE_DIR, "examples")
 _SKIPPED_NAMES = ("__builtins__", "__dict__", "__weakref__")
 _PREFIX_CAP = 4 * TEXT_CAP
+_CALLER_FRAME = "the caller's frame"
 
 
 def is_own_module(name: str) -> bool:
@@ -131,13 +141,17 @@ def _attribute_handles(obj: object, prefix: str) -> Iterator[Handle]:
         reads_back = subscript_reads_back(obj)
         for key, value in items_of(obj):  # type: ignore[arg-type]
             step = key_step(key, reads_back)
-            yield Handle(prefix + step.text, ATTRIBUTE, value, step.evaluable, fix=f"del {prefix}{step.text}")
+            release = delete_item(obj, key) if step.evaluable else Release.never(NOT_EVALUABLE)
+            yield Handle(
+                prefix + step.text, ATTRIBUTE, value, step.evaluable, fix=f"del {prefix}{step.text}", release=release
+            )
         return
     elements = elements_of(obj)
     if elements is not None:
         reads_back = subscript_reads_back(obj)
+        release = clear_in_place(obj) if reads_back else Release.never(NOT_EVALUABLE)
         for index, value in enumerate(elements):
-            yield Handle(f"{prefix}[{index}]", ATTRIBUTE, value, reads_back, fix=f"{prefix}.clear()")
+            yield Handle(f"{prefix}[{index}]", ATTRIBUTE, value, reads_back, fix=f"{prefix}.clear()", release=release)
         return
     module = instance_of(obj, torch.nn.Module)
     for name, value in attribute_pairs(obj):
@@ -145,10 +159,21 @@ def _attribute_handles(obj: object, prefix: str) -> Iterator[Handle]:
             for key, entry in items_of(value):
                 step = module_entry_step(obj, name, key)
                 fix = f"del {_self(prefix)}{step.text}"
-                yield Handle(prefix + step.text, ATTRIBUTE, entry, step.evaluable, fix=fix)
+                release = _attribute_release(obj, key, step.evaluable)
+                yield Handle(prefix + step.text, ATTRIBUTE, entry, step.evaluable, fix=fix, release=release)
             continue
         step = attribute_step(obj, name)
-        yield Handle(prefix + step.text, ATTRIBUTE, value, step.evaluable, fix=f"del {_self(prefix)}{step.text}")
+        fix = f"del {_self(prefix)}{step.text}"
+        release = _attribute_release(obj, name, step.evaluable)
+        yield Handle(prefix + step.text, ATTRIBUTE, value, step.evaluable, fix=fix, release=release)
+
+
+def _attribute_release(obj: object, name: object, evaluable: bool) -> Release:
+    """`del self.NAME`; an nn.Module's `__delattr__` also finds entries of its parameter,
+    buffer and submodule tables, which is what `del self[0]` on a Sequential drops too."""
+    if not evaluable or type(name) is not str:
+        return Release.never(NOT_EVALUABLE)
+    return delete_attribute(obj, name)
 
 
 def _self(prefix: str) -> str:
@@ -179,7 +204,9 @@ def _namespace_handles(container: RootContainer) -> Iterator[Handle]:
         step = name_step(name, reads_back, dict_reads_back)
         path = container.prefix + step.text
         evaluable = container.evaluable and step.evaluable
-        yield Handle(path, container.kind, value, evaluable, fix=release_line(path, value, evaluable))
+        fix = release_line(path, value, evaluable)
+        release = namespace_release(owner, name, path, fix) if evaluable else Release.never(NOT_EVALUABLE)
+        yield Handle(path, container.kind, value, evaluable, fix=fix, release=release)
 
 
 def _binds_to_itself(value: object) -> bool:
@@ -206,6 +233,7 @@ def release_line(path: str, value: object, evaluable: bool = True) -> str:
 def _frame_handles(container: RootContainer) -> Iterator[Handle]:
     live = container.obj
     assert type(live) is LiveFrame
+    release = Release.never(CALLER_FRAME if live.detail == _CALLER_FRAME else LIVE_FRAME)
     for name, value in items_of(live.locals):
         step = key_step(name)
         shown = exact_str(name) if type(name) is str and len(name) <= TEXT_CAP else None
@@ -216,6 +244,7 @@ def _frame_handles(container: RootContainer) -> Iterator[Handle]:
             evaluable=False,
             detail=container.detail,
             fix=f"# let {live.function} return" + (f", or drop its local {shown!r}" if shown else ""),
+            release=release,
         )
 
 
@@ -265,7 +294,7 @@ def capture_live_frames(caller_frames: bool) -> list[LiveFrame]:
                 continue
             function = _code_name(frame.f_code)
             if ident == own_thread:
-                label, detail = frame_label(frame, None), "the caller's frame"
+                label, detail = frame_label(frame, None), _CALLER_FRAME
             else:
                 label, detail = frame_label(frame, thread), f"live frame of thread {thread}"
             try:

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from leakcheck.engine import torch_internals as ti
-from leakcheck.engine.heap import TypeIndex
-from leakcheck.engine.safe_read import error_text, is_subtype, type_name
+from leakcheck.engine.heap import TypeIndex, ids_of
+from leakcheck.engine.safe_read import error_text, is_subtype, type_facts_cached, type_name
 
 StorageKey = tuple  # (device, data pointer); (device, "tensor", id) for bytes read off a tensor
 
@@ -144,11 +144,11 @@ def _strided(
     nbytes = int(storage.nbytes())
     if nbytes == 0:
         return []  # an empty tensor holds no memory
-    pointer = int(storage.data_ptr())
     device = str(storage.device)
+    if device.startswith("meta"):
+        return []  # FakeTensors (torch.compile's tracing) hold a meta storage: no memory, no pointer
+    pointer = int(storage.data_ptr())
     if pointer == 0:
-        if device.startswith("meta"):
-            return []
         missing = f"a {nbytes}-byte storage with no data pointer"
         return [_estimate(tensor, layout, missing, unknown=True, nbytes=nbytes, owner=owner)]
     dtype = ti.dtype(tensor)
@@ -181,6 +181,8 @@ def _read_python_subclass(tensor: object, check_pinned: bool) -> list[StorageRea
     no bytes itself: the tensors it wraps are on the heap and are found on their own.
     """
     storage = ti.untyped_storage(tensor)
+    if str(storage.device).startswith("meta"):
+        return []  # a FakeTensor or FunctionalTensor of torch.compile's tracing: no memory
     try:
         pointer = int(storage.data_ptr())
     except RuntimeError as error:
@@ -281,27 +283,65 @@ def hidden_edges(objects: list, nodes: np.ndarray) -> list[tuple[object, object]
 
     A tensor's `.grad` and a view's `._base` are not gc referents, yet a `.grad` pins as many
     bytes as its parameter and a view keeps its base's PyObject alive (torch hands the base
-    one reference from C++, which would otherwise look like an untracked holder). Tensors
-    that had no Python object yet are created and appended to `objects`. Read through
-    TensorBase's getters with dispatch off: `.grad` and `._base` reach `__torch_function__`.
+    one reference from C++, which would otherwise look like an untracked holder). Nor is the
+    autograd graph a tensor that requires grad owns: its `grad_fn` node, the nodes after it,
+    the tensors each saved for backward and the leaves its `AccumulateGrad` nodes hold. A kept
+    loss tensor pins the parameters and activations of its graph, so each of those is an edge
+    here, and the Python holder of the loss is charged with them.
+
+    Objects met this way that were not on the heap yet (a tensor or node that had no Python
+    object, a saved-tensors hook) are created and appended to `objects`: callers pick the
+    tensors among them by type. The walk is iterative with a visited set (a 10,000-step
+    recurrent graph is a long chain), reads through C++ getters with dispatch off, and skips
+    whatever it cannot read.
     """
-    known = {id(objects[node]) for node in nodes.tolist()}
-    edges = []
-    with tensor_reads():
-        for node in nodes.tolist():
-            tensor = objects[node]
-            for getter in (ti.grad, ti.base):
-                try:
-                    held = getter(tensor)
-                except Exception:
-                    continue
-                if held is None:
-                    continue
-                if id(held) not in known:
-                    objects.append(held)
-                    known.add(id(held))
-                edges.append((tensor, held))
+    met: dict[int, object] = {}  # id -> object, in the order met: the heap's tensors first
+    tensors = [objects[node] for node in nodes.tolist()]
+    for tensor in tensors:
+        met[id(tensor)] = tensor
+    on_heap = len(met)
+    graph_nodes: list[object] = []
+    edges: list[tuple[object, object]] = []
+
+    def reach(holder: object, held: object, is_node: bool) -> None:
+        edges.append((holder, held))
+        if id(held) in met:
+            return
+        met[id(held)] = held
+        if is_node:
+            graph_nodes.append(held)
+        elif is_tensor_type(type(held)):
+            tensors.append(held)
+
+    with tensor_reads(), type_facts_cached():
+        read_tensors = read_nodes = 0
+        while read_tensors < len(tensors) or read_nodes < len(graph_nodes):
+            while read_tensors < len(tensors):
+                tensor = tensors[read_tensors]
+                read_tensors += 1
+                for getter in (ti.grad, ti.base, ti.grad_fn):
+                    try:
+                        held = getter(tensor)
+                    except Exception:
+                        continue
+                    if held is not None:
+                        reach(tensor, held, getter is ti.grad_fn)
+            while read_nodes < len(graph_nodes):
+                node = graph_nodes[read_nodes]
+                read_nodes += 1
+                for reference in ti.autograd_references(node):
+                    reach(node, reference.held, reference.is_node)
+    _append_missing(objects, list(met.values())[on_heap:])
     return edges
+
+
+def _append_missing(objects: list, candidates: list) -> None:
+    """Append the candidates that are not already among `objects` (a node or hook someone
+    else holds is on the heap already; one listed twice would double its references)."""
+    if not candidates:
+        return
+    present = np.isin(ids_of(candidates), ids_of(objects)).tolist()
+    objects.extend(obj for obj, found in zip(candidates, present) if not found)
 
 
 @dataclass

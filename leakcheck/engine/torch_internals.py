@@ -13,11 +13,12 @@ from __future__ import annotations
 import types
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from typing import SupportsInt, cast
 
 import torch
 
-from leakcheck.engine.safe_read import MISSING, class_lookup, is_subtype, mro
+from leakcheck.engine.safe_read import MISSING, cached_fact, class_lookup, is_subtype, mro
 
 # The C base of torch.Tensor: its descriptors read the TensorImpl directly.
 TENSOR_BASE = cast(type, getattr(torch._C, "TensorBase", None) or getattr(torch._C, "_TensorBase", torch.Tensor))
@@ -36,7 +37,10 @@ def _base_member(name: str) -> object:
     return None
 
 
-_GETTERS = {name: _base_member(name) for name in ("layout", "device", "dtype", "shape", "is_nested", "_grad", "_base")}
+_GETTERS = {
+    name: _base_member(name)
+    for name in ("layout", "device", "dtype", "shape", "is_nested", "_grad", "_base", "grad_fn")
+}
 _METHODS = {
     name: _base_member(name)
     for name in (
@@ -116,6 +120,11 @@ def grad(tensor: object) -> object:
 
 def base(tensor: object) -> object:
     return _get("_base", tensor)
+
+
+def grad_fn(tensor: object) -> object:
+    """The autograd node that made a non-leaf tensor (None for a leaf): it owns the graph."""
+    return _get("grad_fn", tensor)
 
 
 def untyped_storage(tensor: object) -> torch.UntypedStorage:
@@ -248,3 +257,278 @@ def storage_weak_ref(tensor: object) -> object | None:
             return StorageWeakRef(untyped_storage(tensor))
     except Exception:  # no readable storage (opaque, wrapper): watch the tensor instead
         return None
+
+
+def cublas_workspace_sizes() -> set[int]:
+    """The sizes torch gives each stream's cuBLAS and cuBLASLt workspace (bytes); empty where
+    this torch does not say. A CPU-side read: it allocates nothing."""
+    sizes = set()
+    for name in ("_cuda_getCublasWorkspaceSize", "_cuda_getCublasLtWorkspaceSize"):
+        read = getattr(torch._C, name, None)
+        if read is None:
+            continue
+        try:
+            size = int(read())
+        except Exception:  # a build without CUDA, or one that reads it differently
+            continue
+        if size > 0:
+            sizes.add(size)
+    return sizes
+
+
+# --- storages held from C++, TorchScript graphs (engine/seen_storages.py) ----------------------
+
+
+def weak_ref_to(storage: torch.UntypedStorage) -> object | None:
+    """torch's own weak reference to a storage (not to a tensor): it outlives every Python
+    tensor of the storage and says whether C++ still holds the bytes. None where unavailable."""
+    try:
+        from torch.multiprocessing.reductions import StorageWeakRef
+
+        return StorageWeakRef(storage)
+    except Exception:
+        return None
+
+
+def storage_behind(ref: object) -> torch.UntypedStorage | None:
+    """The storage a `weak_ref_to` reference watches, while something still holds it.
+
+    The storage object it returns holds the bytes: read it and let it go at once.
+    Public fallback: none (expired or unreadable reads as gone).
+    """
+    try:
+        if ref.expired():  # type: ignore[attr-defined]
+            return None
+        rebuild = getattr(torch.UntypedStorage, "_new_with_weak_ptr", None)
+        return None if rebuild is None else rebuild(ref.cdata)  # type: ignore[attr-defined]
+    except Exception:
+        return None
+
+
+_SCRIPT_MODULE = _pool_class("ScriptModule")
+_SCRIPT_FUNCTION = _pool_class("ScriptFunction")
+
+
+def is_script_type(cls: type) -> bool:
+    """TorchScript's C++ module and function objects, whose graphs may hold tensor constants."""
+    return any(owner is not None and is_subtype(cls, owner) for owner in (_SCRIPT_MODULE, _SCRIPT_FUNCTION))
+
+
+def graph_tensor_constants(holder: object) -> list[object]:
+    """Tensor constants of a TorchScript module's methods or a script function's graph
+    (`torch.jit.freeze` turns weights into these; `torch.jit.trace` captured tensors too).
+
+    Read through the C++ classes' own methods, so no Python subclass code runs. Each tensor
+    returned gets a Python object that torch keeps for as long as the graph holds it.
+    """
+    graphs = []
+    try:
+        if _SCRIPT_MODULE is not None and is_subtype(type(holder), _SCRIPT_MODULE):
+            for name in _SCRIPT_MODULE._method_names(holder):  # type: ignore[attr-defined]
+                graphs.append(_SCRIPT_MODULE._get_method(holder, name).graph)  # type: ignore[attr-defined]
+        elif _SCRIPT_FUNCTION is not None and is_subtype(type(holder), _SCRIPT_FUNCTION):
+            graphs.append(_SCRIPT_FUNCTION.graph.__get__(holder, type(holder)))  # type: ignore[attr-defined]
+    except Exception:
+        return []
+    found = []
+    for graph in graphs:
+        try:
+            for node in graph.findAllNodes("prim::Constant", True):
+                value = node.output()
+                if value.type().kind() == "TensorType":
+                    found.append(value.toIValue())
+        except Exception:
+            continue
+    return found
+
+
+def dynamo_has_compiled() -> bool:
+    """Whether torch.compile holds compiled code now, without importing dynamo: its frame
+    counter (`torch._dynamo.convert_frame.FRAME_COUNTER`) counts frames compiled since the
+    last `torch._dynamo.reset()`, which sets it back to 0. Where a torch lacks it, dynamo's
+    cumulative graph count (which reset does not clear) is the fallback."""
+    import sys
+
+    convert = sys.modules.get("torch._dynamo.convert_frame")
+    if convert is None:
+        return False
+    counter = getattr(convert, "FRAME_COUNTER", None)
+    if isinstance(counter, int):
+        return counter > 0
+    utils = sys.modules.get("torch._dynamo.utils")
+    counters = getattr(utils, "counters", None) if utils is not None else None
+    stats = counters.get("stats") if isinstance(counters, dict) else None
+    return isinstance(stats, dict) and bool(stats.get("unique_graphs", 0))
+
+
+def torchscript_in_use() -> bool:
+    """Whether TorchScript compiled anything in this process: its process-wide compilation
+    unit has functions (scripted modules' methods, freeze's inlined graphs)."""
+    import sys
+
+    state = sys.modules.get("torch.jit._state")
+    unit = getattr(state, "_python_cu", None) if state is not None else None
+    try:
+        return unit is not None and len(unit.get_functions()) > 0
+    except Exception:
+        return False
+
+
+# --- autograd graphs (engine/tensors.py `hidden_edges`, engine/paths.py) ------------------------
+# A tensor that requires grad owns its graph through C++: `grad_fn` nodes, each holding the next
+# nodes, the tensors it saved for backward and, for a leaf, an `AccumulateGrad` holding the
+# parameter. None of that is a gc referent. Nodes are read through their classes' C++ getters;
+# a saved tensor is read as stored (`SavedTensor.data`), never unpacked: unpacking runs a
+# `saved_tensors_hooks` unpack hook (activation checkpointing recomputes the forward there).
+
+_SAVED_TENSOR = getattr(getattr(torch._C, "_autograd", None), "SavedTensor", None)
+_RAW_SAVED = "_raw_saved_"
+_TYPE_NAMESPACE = type.__dict__["__dict__"]
+
+
+@dataclass(frozen=True)
+class AutogradReference:
+    """One thing an autograd node holds, with the step that reads it back in a debugger."""
+
+    step: str
+    held: object
+    is_node: bool  # another node of the graph (read in turn), else a tensor or a hook's object
+
+
+@dataclass(frozen=True)
+class _NodeGetters:
+    """The C++ getters of one autograd node class."""
+
+    next_functions: object
+    variable: object | None  # AccumulateGrad's leaf
+    saved: tuple[tuple[str, object], ...]  # (name after `_raw_saved_`, getter)
+    readable_names: frozenset[str]  # `_saved_NAME` getters that exist, for readable steps
+    python_function: bool  # a custom autograd.Function's ctx: `saved_tensors` reads its saves
+
+
+def _getset(cls: type, name: str) -> object | None:
+    """A getter written in C on `cls`'s MRO; None for anything else (a Python property runs code)."""
+    found = class_lookup(cls, name)
+    return found if type(found) is types.GetSetDescriptorType else None
+
+
+def _node_getters(cls: type) -> _NodeGetters | None:
+    """How to read a node of class `cls`; None when `cls` is not an autograd node class.
+
+    Node classes share no base class (each C++ node is its own generated type), so a class is
+    one when it has a C `next_functions` getter and the `_sequence_nr` every node has.
+    """
+    next_functions = _getset(cls, "next_functions")
+    if next_functions is None or class_lookup(cls, "_sequence_nr") is MISSING:
+        return None
+    saved: dict[str, object] = {}
+    readable: set[str] = set()
+    for klass in mro(cls):
+        try:
+            names = list(_TYPE_NAMESPACE.__get__(klass))
+        except Exception:
+            continue
+        for name in names:
+            if type(name) is not str:
+                continue
+            if name.startswith(_RAW_SAVED) and name[len(_RAW_SAVED) :] not in saved:
+                getter = _getset(cls, name)
+                if getter is not None:
+                    saved[name[len(_RAW_SAVED) :]] = getter
+            elif name.startswith("_saved_"):
+                readable.add(name[len("_saved_") :])
+    return _NodeGetters(
+        next_functions=next_functions,
+        variable=_getset(cls, "variable"),
+        saved=tuple(saved.items()),
+        readable_names=frozenset(readable),
+        python_function=_getset(cls, "saved_tensors") is not None,
+    )
+
+
+def is_autograd_node(obj: object) -> bool:
+    return cached_fact(type(obj), "autograd_node", _node_getters) is not None
+
+
+def _read(getter: object, holder: object) -> object:
+    return getter.__get__(holder, type(holder))  # type: ignore[attr-defined]
+
+
+def autograd_references(node: object) -> list[AutogradReference]:
+    """What an autograd node holds: the next nodes, an AccumulateGrad's leaf, saved tensors
+    (and, where a saved-tensors hook packed one, the packed object and the unpack hook).
+
+    A getter that fails (a saved tensor freed by backward, a torch that lacks it) is skipped:
+    reading a graph is best effort and never stops the audit. Empty for a non-node.
+    """
+    getters = cached_fact(type(node), "autograd_node", _node_getters)
+    if getters is None:
+        return []
+    found: list[AutogradReference] = []
+    try:
+        pairs = _read(getters.next_functions, node)
+    except Exception:
+        pairs = ()
+    if type(pairs) is tuple:
+        for index, pair in enumerate(pairs):
+            nxt = pair[0] if type(pair) is tuple and pair else None
+            if nxt is not None:
+                found.append(AutogradReference(f".next_functions[{index}][0]", nxt, True))
+    if getters.variable is not None:
+        try:
+            variable = _read(getters.variable, node)
+        except Exception:
+            variable = None
+        if variable is not None:
+            found.append(AutogradReference(".variable", variable, False))
+    for name, getter in getters.saved:
+        try:
+            raw = _read(getter, node)
+        except Exception:
+            continue
+        entries = list(enumerate(raw)) if type(raw) in (tuple, list) else [(None, raw)]
+        for index, saved in entries:
+            found.extend(_saved_references(getters, name, index, saved))
+    return found
+
+
+def _saved_references(getters: _NodeGetters, name: str, index: int | None, saved: object) -> list[AutogradReference]:
+    """A SavedTensor's bytes as stored: its tensor, or what a pack hook made of it and the hook."""
+    if _SAVED_TENSOR is None or type(saved) is not _SAVED_TENSOR:
+        return []
+    suffix = "" if index is None else f"[{index}]"
+    raw_step = f"{_RAW_SAVED}{name}{suffix}"
+    try:
+        hook = saved.unpack_hook  # type: ignore[attr-defined]
+        data = saved.data  # type: ignore[attr-defined]
+    except Exception:
+        return []
+    if hook is not None:  # packed by a saved_tensors_hooks pack hook: reading it back runs the hook
+        found = [AutogradReference(f".{raw_step}.unpack_hook", hook, False)]
+        if data is not None:
+            found.append(AutogradReference(f".{raw_step}.data", data, False))
+        return found
+    if data is None:  # freed by backward
+        return []
+    if getters.python_function and name == "tensors":
+        step = f".saved_tensors{suffix}"
+    elif name in getters.readable_names:
+        step = f"._saved_{name}{suffix}"
+    else:
+        step = f".{raw_step}.data"
+    return [AutogradReference(step, data, False)]
+
+
+def autograd_step(holder: object, held: object) -> str | None:
+    """The step from `holder` to `held` when it is an autograd reference (a tensor's
+    `.grad_fn`, or something a node holds); None otherwise."""
+    if is_subtype(type(holder), torch.Tensor):
+        try:
+            with no_user_dispatch():
+                return ".grad_fn" if grad_fn(holder) is held else None
+        except Exception:
+            return None
+    for reference in autograd_references(holder):
+        if reference.held is held:
+            return reference.step
+    return None

@@ -1,6 +1,8 @@
 """Load, warm, shut down and collect a runner in this process, measuring memory at each phase.
 
-Phases, in order: `baseline` (device initialised, before the factory), `loaded`, `warmed`,
+Phases, in order: the factory's module is imported (under the load phase's limit, so what
+it creates at import belongs to the baseline and is reported apart as `import_time`),
+`baseline` (device initialised, before the factory), `loaded`, `warmed`,
 `shutdown` (right after `shutdown()` returns), then the heap audit, then `collected`
 (after our own `gc.collect()` and `torch.cuda.empty_cache()`).
 
@@ -20,6 +22,7 @@ import inspect
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -28,7 +31,10 @@ from leakcheck.config import Config, ConfigError
 from leakcheck.engine.allocator import AllocatorState, start_history, stop_history
 from leakcheck.engine.audit import audit_watching
 from leakcheck.engine.survivors import CollectableWatch, storage_key
-from leakcheck.engine.reconcile import pinned_by_leaks, reconcile
+from leakcheck.engine.import_time import import_time, loaded_modules
+from leakcheck.engine.reconcile import cycle_split, pinned_by_leaks, reconcile
+from leakcheck.engine.release import ReleasePlan
+from leakcheck.engine.seen_storages import SeenStorages, new_seen, take_snapshot
 from leakcheck.engine.tensors import take_baseline
 from leakcheck.lifecycle.errors import LeakcheckStop, RunnerExit, describe, type_name
 from leakcheck.lifecycle.limits import (
@@ -42,7 +48,7 @@ from leakcheck.lifecycle.limits import (
 from leakcheck.lifecycle.record import Lifecycle
 from leakcheck.lifecycle.stops import raise_if_requested
 from leakcheck.probes import MemoryProbes
-from leakcheck.report.model import Audit, Reconciliation, RunError
+from leakcheck.report.model import CYCLE, FREED_BY_COLLECTOR, Audit, Reconciliation, RunError, SharedHold, Storage
 
 __all__ = ["Lifecycle", "load_factory", "resolve_device", "run_lifecycle"]
 
@@ -159,6 +165,7 @@ def run_lifecycle(
     *,
     into: Lifecycle | None = None,
     on_abandon: Abandon | None = None,
+    prove: bool = False,
 ) -> Lifecycle:
     """Run every phase of `config` (`cycles` times) and audit what each shutdown() left behind.
 
@@ -171,6 +178,9 @@ def run_lifecycle(
 
     on_abandon: called from the watchdog thread when a runner call ignores its time limit
         (the Lifecycle already holds the error); the CLI writes the report and ends the process.
+    prove: after everything is measured, run the last audit's suggested lines and measure
+        what each frees (see `lifecycle/prove.py`). It mutates the runner and the modules it
+        names, so it is off unless asked for (the CLI asks by default).
     """
     say = progress or (lambda _message: None)
     result = into if into is not None else Lifecycle(device=config.device)
@@ -195,21 +205,31 @@ def run_lifecycle(
                 result.note(why)
         elif on_cuda:
             result.note("allocation history is off (history: false): no allocation sites")
-        result.add_sample(probes.sample("baseline"))
         abandon = _abandoner(result, probes, on_abandon)
+        before_import, modules = take_baseline(device), loaded_modules()
+        imported = _import_runner(config, result, say, abandon)
+        result.add_sample(probes.sample("baseline"))
 
         runners: list[object] = []
+        states: list[AllocatorState] = []  # the allocator at each `collected`, on CUDA
+        # Filled by every audit: its weak references tell what died in our collection, and
+        # its steps are what --prove runs.
+        plan = ReleasePlan()
         for cycle in range(1, config.cycles + 1):
             result.enter("baseline", cycle)
             baseline = take_baseline(device)
-            runner = _one_cycle(config, device, cycle, probes, result, say, abandon)
+            seen = new_seen(device, baseline)
+            if cycle == 1:
+                result.set_import_time(import_time(before_import, baseline, modules))
+                del before_import
+            runner = _one_cycle(config, device, cycle, probes, result, say, abandon, imported, seen=seen)
             if runner is not None:
                 runners.append(runner)
                 result.set_environment("runner", type_name(type(runner)))
             result.enter("audit", cycle)
             say("auditing the heap")
             before = probes.sample("audit:before", cycle)
-            found, watch = _audit(runner, device, baseline, cycle, result, say)
+            found, watch = _audit(runner, device, baseline, cycle, result, say, plan, seen=seen)
             result.set_audit_memory([before, probes.sample("audit:after", cycle)])
             if found is not None:
                 result.add_audit(found)
@@ -220,10 +240,12 @@ def run_lifecycle(
             if on_cuda:
                 torch.cuda.empty_cache()
             result.add_sample(probes.sample("collected", cycle))
-            _recheck_collected(watch, runner, device, baseline, cycle, result, say)
-            del runner, baseline, watch
+            _died_in_collection(plan, result)
+            _recheck_collected(watch, runner, device, baseline, cycle, result, say, plan, seen=seen)
+            del runner, baseline, watch, seen
             if on_cuda:
-                result.add_pinned_segments(pinned_by_leaks(AllocatorState.capture(device), result.storages()))
+                states.append(AllocatorState.capture(device))
+                result.add_pinned_segments(pinned_by_leaks(states[-1], result.storages()))
             _stray_exits(result, exits_at_start)
             if result.error is not None:
                 break
@@ -231,13 +253,63 @@ def run_lifecycle(
         if on_cuda:
             result.enter("reconcile")
             say("reconciling with the allocator")
-            result.set_reconciliation(_reconcile(device, result))
+            reconciliation, workspaces = _reconcile(device, result)
+            result.set_reconciliation(reconciliation)
+            _split_cycles(states, workspaces, result)
             if config.history:
                 stop_history()
+        if prove:
+            _prove(plan, config, device, probes, result, say)
+        del plan
         for note in probes.all_notes():
             result.note(note)
-        del runners
+        del runners, states
     return result
+
+
+@dataclass
+class Imported:
+    """The import of the factory's module, done before `baseline`: its error (the load
+    phase's, as when the factory's own call fails) and the seconds it took of that phase."""
+
+    error: RunError | None = None
+    seconds: float = 0.0
+
+
+def _import_runner(config: Config, result: Lifecycle, say: Progress, abandon: Abandon | None) -> Imported:
+    """Import the factory's module now, so what its import creates is in the baseline.
+
+    Module code is runner code: it runs under the load phase's limit (the factory's call
+    gets what is left of it), and its exceptions are the load phase's error of cycle 1.
+    A module that cannot be found is still a ConfigError, raised before anything loads.
+    """
+    limit = config.timeout.load
+    result.enter("load", 1, limit)
+    say(f"importing {config.runner.factory.partition(':')[0]}")
+    started = time.perf_counter()
+    call = RunnerCall("load", f"the factory {config.runner.factory}", 1, limit, abandon)
+    outcome = call_runner(call, lambda: load_factory(config))
+    raise_if_requested()
+    imported = Imported(outcome.error, time.perf_counter() - started)
+    del outcome
+    result.set_timing("import_s", imported.seconds)
+    return imported
+
+
+def _split_cycles(states: list[AllocatorState], workspaces: set[int] | None, result: Lifecycle) -> None:
+    """Each later cycle's NVML growth by category, from the allocator at each `collected`.
+
+    Done after the last phase, when clearing torch's workspaces has told which blocks are
+    workspaces (they live until cleared, so one told now was one at every cycle it was alive).
+    """
+    collected = [m for m in result.memory if m.phase == "collected"]
+    for index in range(1, min(len(states), len(result.audits), len(collected))):
+        start, end = collected[index - 1].nvml_process_bytes, collected[index].nvml_process_bytes
+        growth = None if start is None or end is None else end - start
+        earlier = [s for audit in result.audits[:index] for s in audit.storages]
+        now = earlier + list(result.audits[index].storages)
+        categories, share = cycle_split(states[index - 1], states[index], earlier, now, growth, workspaces)
+        result.set_cycle_categories(index + 1, categories, share)
 
 
 def _abandoner(result: Lifecycle, probes: MemoryProbes, on_abandon: Abandon | None) -> Abandon | None:
@@ -259,11 +331,20 @@ def _abandoner(result: Lifecycle, probes: MemoryProbes, on_abandon: Abandon | No
 
 
 def _audit(
-    runner: object | None, device: str, baseline: Any, cycle: int, result: Lifecycle, say: Progress
+    runner: object | None,
+    device: str,
+    baseline: Any,
+    cycle: int,
+    result: Lifecycle,
+    say: Progress,
+    plan: ReleasePlan | None = None,
+    seen: SeenStorages | None = None,
 ) -> tuple[Audit | None, CollectableWatch | None]:
-    """The heap audit; if it fails, the run keeps what it measured and reports the failure."""
+    """The heap audit; if it fails, the run keeps what it measured and reports the failure.
+    `plan`, when given, is refilled with this audit's release plan (for `--prove`); `seen`:
+    storages watched since `loaded`, so those only C++ still holds are counted."""
     try:
-        return audit_watching(runner, device, baseline, caller_frames=False, progress=say)
+        return audit_watching(runner, device, baseline, caller_frames=False, progress=say, plan=plan, seen=seen)
     except (KeyboardInterrupt, LeakcheckStop):
         raise
     except BaseException as exc:  # noqa: B036 - a RecursionError or a RunnerExit from a __del__ too
@@ -279,6 +360,8 @@ def _recheck_collected(
     cycle: int,
     result: Lifecycle,
     say: Progress,
+    plan: ReleasePlan | None = None,
+    seen: SeenStorages | None = None,
 ) -> None:
     """Storages the audit called collectable must really have died in our gc.collect().
 
@@ -293,7 +376,7 @@ def _recheck_collected(
     first = result.audit
     kept = [s for s in first.storages if storage_key(s) in survivors]
     say("auditing again: storages survived the collection")
-    again, _ = _audit(runner, device, baseline, cycle, result, say)
+    again, _ = _audit(runner, device, baseline, cycle, result, say, plan, seen=seen)
     if again is None:
         return
     for storage in again.storages:
@@ -308,6 +391,79 @@ def _recheck_collected(
         "taken after the collection, to name who holds them now"
     )
     result.add_audit(again, replaces_last=True)
+
+
+def _died_in_collection(plan: ReleasePlan, result: Lifecycle) -> None:
+    """Counted storages that died in leakcheck's own gc.collect() were garbage: not leaked.
+
+    The audit proves garbage from the heap graph alone; a cycle that runs through an object
+    whose references the graph cannot see (a C++ object owned by a garbage Python object,
+    such as TorchScript's resolution callbacks) looks held from outside, and a correct
+    shutdown() would fail. Their death in the collection is the measurement that settles
+    it: they are reported as collectable, with the holders that held nothing else.
+    """
+    audit = result.audit
+    if audit is None or not len(plan.watch):
+        return
+    alive = plan.watch.survivors()
+    watched = plan.watch.alive
+    died = [
+        s
+        for s in audit.storages
+        if not (s.collectable or s.pinned) and storage_key(s) in watched and storage_key(s) not in alive
+    ]
+    if not died:
+        return
+    for storage in died:
+        storage.collectable = True
+    moved = sum(s.nbytes for s in died)
+    audit.held_bytes -= moved
+    audit.cycle_bytes += moved
+    still_held = {path for s in audit.storages if not s.collectable for path in s.owners}
+    for owner in audit.owners:
+        if owner.path not in still_held and owner.kind not in FREED_BY_COLLECTOR:
+            owner.detail = f"died in leakcheck's gc.collect(): only garbage held it ({owner.detail or owner.kind})"
+            owner.kind = CYCLE
+            owner.fix = "gc.collect()  # it was garbage: nothing to release"
+    shared: dict[tuple[str, ...], list[Storage]] = {}
+    for storage in audit.storages:
+        if not storage.collectable and not storage.pinned and len(storage.owners) > 1:
+            shared.setdefault(tuple(sorted(storage.owners)), []).append(storage)
+    audit.shared = sorted(
+        (SharedHold(list(k), sum(s.nbytes for s in v), len(v)) for k, v in shared.items()), key=lambda g: -g.bytes
+    )
+    audit.notes.append(
+        f"{len(died)} storage(s) ({moved:,} bytes) died in leakcheck's gc.collect() although the heap graph "
+        "could not show them to be garbage (a reference from C++ inside a garbage cycle): they are not counted"
+    )
+    result.add_audit(audit, replaces_last=True)
+
+
+def _prove(
+    plan: ReleasePlan, config: Config, device: str, probes: MemoryProbes, result: Lifecycle, say: Progress
+) -> None:
+    """Run the last audit's suggested lines and measure what each frees.
+
+    It runs last, after `reconcile`: every phase, the audit and the reconciliation describe
+    the process as shutdown() left it, and the proof then destroys exactly what they named
+    (it cannot be undone, so nothing may be measured after it). A proof that fails is a note:
+    the audit and its verdict stand without it, and `gate.require_proven` fails the gate.
+    """
+    from leakcheck.lifecycle.prove import prove_release
+
+    if result.audit is None:
+        return
+    result.enter("prove")
+    try:
+        proof = prove_release(plan, result.audit, device, allow=config.gate.allow, probes=probes, progress=say)
+    except (KeyboardInterrupt, LeakcheckStop):
+        raise
+    except BaseException as exc:  # noqa: B036 - leakcheck's own failure must not lose the report
+        result.note(f"the proof (--prove) failed: {describe('prove', exc).message}")
+        return
+    finally:
+        plan.replace([], CollectableWatch())
+    result.set_proof(proof)
 
 
 def _stray_exits(result: Lifecycle, since: int) -> None:
@@ -333,18 +489,33 @@ def _one_cycle(
     result: Lifecycle,
     say: Progress,
     abandon: Abandon | None,
+    imported: Imported | None = None,
+    seen: SeenStorages | None = None,
 ) -> object | None:
-    """Load, warm up and shut down one runner, sampling memory after each phase."""
+    """Load, warm up and shut down one runner, sampling memory after each phase.
+
+    seen: after `loaded` and after `warmed`, every storage then alive is watched (weakly),
+    so what only C++ holds after shutdown() is still counted (engine/seen_storages.py).
+
+    imported: the import of the factory's module (cycle 1): its error is this load's, and
+    the factory's call gets what the import left of the load phase's limit.
+    """
     limits = config.timeout
     factory_spec = config.runner.factory
-    result.enter("load", cycle, limits.load)
+    spent = imported.seconds if imported is not None and cycle == 1 else 0.0
+    limit = None if limits.load is None else max(limits.load - spent, 0.001)
+    result.enter("load", cycle, limit)
     say(f"cycle {cycle}: loading {factory_spec}" if config.cycles > 1 else f"loading {factory_spec}")
     started = time.perf_counter()
-    call = RunnerCall("load", f"the factory {factory_spec}", cycle, limits.load, abandon)
-    loaded = call_runner(call, lambda: _load(config, device))
-    raise_if_requested()
-    runner, error = loaded.value, loaded.error
-    del loaded
+    error: RunError | None
+    if cycle == 1 and imported is not None and imported.error is not None:
+        runner, error = None, imported.error  # the module's import failed: no factory to call
+    else:
+        call = RunnerCall("load", f"the factory {factory_spec}", cycle, limit, abandon, budget=limits.load)
+        loaded = call_runner(call, lambda: _load(config, device))
+        raise_if_requested()
+        runner, error = loaded.value, loaded.error
+        del loaded
     if error is None and runner is None:
         error = RunError(
             phase="load",
@@ -354,8 +525,10 @@ def _one_cycle(
         )
     if error is not None:
         result.fail(error)
-    result.set_timing("load_s", time.perf_counter() - started)
+    result.set_timing("load_s", time.perf_counter() - started + spent)
     result.add_sample(probes.sample("loaded", cycle))
+    if seen is not None:
+        take_snapshot(seen)
     if runner is None:
         result.add_sample(probes.sample("shutdown", cycle))
         return None
@@ -379,6 +552,8 @@ def _one_cycle(
                 break
     result.set_timing("warmup_s", time.perf_counter() - started)
     result.add_sample(probes.sample("warmed", cycle))
+    if seen is not None:
+        take_snapshot(seen)
 
     result.enter("shutdown", cycle, limits.shutdown)
     say(f"calling {config.runner.shutdown}()")
@@ -401,8 +576,9 @@ def _one_cycle(
 
 
 def _load(config: Config, device: str) -> object | None:
-    """Import the factory, call it, and check the runner has the methods the config names:
-    all runner code (the module's import runs it too), so all under the load phase's limit."""
+    """Look the factory up, call it, and check the runner has the methods the config names:
+    all runner code, so all under the load phase's limit (the module is imported already,
+    before `baseline`, by `_import_runner`)."""
     factory = load_factory(config)
     kwargs = _factory_kwargs(factory, config.runner.args, device)
     _check_arguments(factory, kwargs, config.where("runner", "args"), "runner.args", config.runner.factory)
@@ -413,14 +589,15 @@ def _load(config: Config, device: str) -> object | None:
     return runner
 
 
-def _reconcile(device: str, result: Lifecycle) -> Reconciliation | None:
+def _reconcile(device: str, result: Lifecycle) -> tuple[Reconciliation | None, set[int] | None]:
     """After the last `collected`: name every reserved byte, then free cuBLAS workspaces to tell them.
 
     Clearing the workspaces changes nothing measured (every phase is sampled already); torch
-    allocates them again on the next matrix product.
+    allocates them again on the next matrix product. Also returns the workspaces' addresses
+    (None where they could not be told), for the per-cycle split.
     """
     if result.audit is None:
-        return None
+        return None, None
     state = AllocatorState.capture(device)
     workspaces = None
     clear = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)
@@ -431,4 +608,4 @@ def _reconcile(device: str, result: Lifecycle) -> Reconciliation | None:
         workspaces = before - after
         result.note("leakcheck freed torch's cuBLAS workspaces after the last phase, to tell them apart")
     baseline = next(m for m in result.memory if m.phase == "baseline")
-    return reconcile(state, result.storages(), baseline, result.memory[-1], workspaces)
+    return reconcile(state, result.storages(), baseline, result.memory[-1], workspaces), workspaces

@@ -20,14 +20,17 @@ from typing import Any
 from leakcheck.report.model import (
     Audit,
     Category,
+    ImportTime,
     MemorySample,
     Owner,
+    Proof,
     Reconciliation,
     RunError,
     SharedHold,
     Site,
     Storage,
     plain,
+    proof_from_dict,
 )
 
 Event = dict[str, Any]
@@ -46,6 +49,10 @@ class Lifecycle:
     audits: list[Audit] = field(default_factory=list)  # one per cycle
     reconciliation: Reconciliation | None = None
     pinned_segments: list[int] = field(default_factory=list)  # per cycle: segments all leaks so far pin
+    proof: Proof | None = None  # --prove, on the last audit (whose owners carry the per-holder results)
+    import_time: ImportTime | None = None  # storages importing the runner's module created
+    # Later cycles on CUDA: cycle -> (its NVML growth by category, the share named).
+    cycle_categories: dict[int, tuple[list[Category], float | None]] = field(default_factory=dict)
     error: RunError | None = None
     notes: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
@@ -125,10 +132,38 @@ class Lifecycle:
         self.pinned_segments.append(value)
         self._log(lambda: {"event": "pinned_segments", "value": value})
 
+    def set_import_time(self, found: ImportTime) -> None:
+        self.import_time = found
+        self._log(lambda: {"event": "import_time", "import_time": plain(found)})
+
+    def set_cycle_categories(self, cycle: int, categories: list[Category], named_share: float | None) -> None:
+        self.cycle_categories[cycle] = (categories, named_share)
+        self._log(
+            lambda: {
+                "event": "cycle_categories",
+                "cycle": cycle,
+                "categories": plain(categories),
+                "named_share": named_share,
+            }
+        )
+
     def set_reconciliation(self, reconciliation: Reconciliation | None) -> None:
         self.reconciliation = reconciliation
         if reconciliation is not None:
             self._log(lambda: {"event": "reconciliation", "reconciliation": plain(reconciliation)})
+
+    def set_proof(self, proof: Proof) -> None:
+        """The proof, and the per-holder results it wrote on the last audit's owners (the
+        audit is journalled before the proof runs, so they travel in this event)."""
+        self.proof = proof
+        owners = self.audit.owners if self.audit is not None else []
+        self._log(
+            lambda: {
+                "event": "proof",
+                "proof": plain(proof),
+                "owners": [[o.expected_bytes, o.freed_bytes, o.proof, o.proof_note] for o in owners],
+            }
+        )
 
     @classmethod
     def replay(cls, events: Iterable[Event], device: str = "unknown") -> Lifecycle:
@@ -159,8 +194,18 @@ def _apply(result: Lifecycle, event: Event) -> None:
         result.timings[event["name"]] = event["value"]
     elif kind == "environment":
         result.environment[event["name"]] = event["value"]
+    elif kind == "proof":
+        result.proof = proof_from_dict(event["proof"])
+        owners = result.audit.owners if result.audit is not None else []
+        for owner, (expected, freed, status, note) in zip(owners, event.get("owners", [])):
+            owner.expected_bytes, owner.freed_bytes, owner.proof, owner.proof_note = expected, freed, status, note
     elif kind == "pinned_segments":
         result.pinned_segments.append(event["value"])
+    elif kind == "import_time":
+        result.import_time = _build(ImportTime, event["import_time"])
+    elif kind == "cycle_categories":
+        categories = [_build(Category, c) for c in event.get("categories", [])]
+        result.cycle_categories[event["cycle"]] = (categories, event.get("named_share"))
     elif kind == "reconciliation":
         data = dict(event["reconciliation"])
         data["categories"] = [_build(Category, c) for c in data.get("categories", [])]

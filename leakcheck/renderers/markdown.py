@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from leakcheck.renderers import limits
+from leakcheck.renderers import limits, proof_text
 from leakcheck.renderers.limits import clip
 from leakcheck.renderers.memory_columns import measured_columns
 from leakcheck.report.model import FREED_BY_COLLECTOR, Report
@@ -22,18 +22,39 @@ def to_markdown(report: Report) -> str:
         + (f"; NVML growth {format_delta(report.nvml_growth_bytes)}" if report.nvml_growth_bytes is not None else "")
         + "."
     )
+    if report.proof is not None:
+        lines += ["", f"**{proof_text.headline(report.proof)}**"]
     lines += ["", *_memory(report)]
+    lines += _cycle_categories(report)
+    found = report.import_time
+    if found is not None and found.storages:
+        examples = f" ({', '.join(_code(e) for e in found.examples)})" if found.examples else ""
+        lines += [
+            "",
+            f"Importing the runner's module created {found.storages} storage(s), {format_bytes(found.bytes)}"
+            f"{examples}, before baseline: not counted.",
+        ]
     holders, left_out = limits.first([o for o in report.owners if o.kind not in FREED_BY_COLLECTOR], MAX_OWNERS)
+    proven = report.proof is not None
     if holders:
-        lines += ["", "| holder | kind | reachable | retained | example |", "| --- | --- | ---: | ---: | --- |"]
+        header, rule = "| holder | kind | reachable | retained | example |", "| --- | --- | ---: | ---: | --- |"
+        if proven:
+            header, rule = header + " freed by its line |", rule + " --- |"
+        lines += ["", header, rule]
         for owner in holders:
             example = _code(owner.examples[0]) if owner.examples else ""
             allowed = " (allowed)" if owner.allowed else ""
-            lines.append(
+            line = (
                 f"| {_code(owner.path)}{allowed} | {owner.kind} | {format_bytes(owner.reachable_bytes)} | "
                 f"{format_bytes(owner.retained_bytes)} | {example} |"
             )
+            if proven:
+                line += f" {_cell(clip(proof_text.holder_line(owner) or ''))} |"
+            lines.append(line)
         lines += _more(left_out, "holders")
+    if report.proof is not None and report.proof.unfreed:
+        lines += ["", f"No suggested line freed these ({format_bytes(report.proof.unfreed_bytes)}):", ""]
+        lines += [f"- {_cell(clip(text))}" for text in report.proof.unfreed]
     groups, left_out = limits.first(report.shared, 5)
     for group in groups:
         shown, hidden = limits.first(group.owners, limits.NAMES_PER_GROUP)
@@ -69,6 +90,21 @@ def _code(text: str) -> str:
     fence = "``" if "`" in text else "`"
     pad = " " if fence == "``" else ""
     return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def _cycle_categories(report: Report) -> list[str]:
+    """Each later cycle's NVML growth by category, one column per cycle."""
+    split = [cycle for cycle in report.cycles if cycle.categories]
+    if not split:
+        return []
+    lines = ["", "| growth by category | " + " | ".join(f"cycle {c.cycle}" for c in split) + " |"]
+    lines.append("| --- |" + " ---: |" * len(split))
+    for position, category in enumerate(split[-1].categories):
+        cells = [format_delta(c.categories[position].bytes) if position < len(c.categories) else "n/a" for c in split]
+        lines.append(f"| {_cell(category.name)} | " + " | ".join(cells) + " |")
+    shares = [f"{c.growth_named_share:.1%}" if c.growth_named_share is not None else "n/a" for c in split]
+    lines.append("| named share of NVML growth | " + " | ".join(shares) + " |")
+    return lines
 
 
 def _memory(report: Report) -> list[str]:

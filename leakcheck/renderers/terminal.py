@@ -8,10 +8,10 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from leakcheck.renderers import limits
+from leakcheck.renderers import limits, proof_text
 from leakcheck.renderers.limits import clip
 from leakcheck.renderers.memory_columns import measured_columns
-from leakcheck.report.model import FREED_BY_COLLECTOR, MemorySample, Report
+from leakcheck.report.model import FREED_BY_COLLECTOR, PROOF_FREED, PROOF_SHARED, MemorySample, Report
 from leakcheck.sizes import format_bytes, format_delta
 
 _VERDICT_STYLE = {"pass": "bold green", "fail": "bold red", "error": "bold magenta"}
@@ -24,14 +24,20 @@ def render(report: Report, console: Console, verbose: bool = False) -> None:
     console.print(_memory_table(report.memory))
     if len(report.cycles) > 1:
         console.print(_cycles_table(report))
+        if any(cycle.categories for cycle in report.cycles):
+            console.print(_cycle_categories_table(report))
     if report.owners:
         console.print(_owners_table(report))
         console.print(_release(report))
+    if report.proof is not None:
+        console.print(_proof(report))
     if report.sites:
         console.print(_sites_table(report))
     if report.reconciliation is not None:
         console.print(_reconciliation_table(report))
     notes = list(report.notes)
+    if report.import_time is not None and report.import_time.storages:
+        notes.insert(0, import_time_line(report))
     audit_s = report.timings.get("audit_s")
     if audit_s is not None:
         notes.append(f"heap audit: {audit_s:.2f} s over {report.heap_objects:,} objects")
@@ -79,6 +85,8 @@ def _summary(report: Report) -> Panel:
         details.append(f"{format_bytes(report.cycle_bytes)} held only by garbage cycles (gc.collect() frees it)")
     if details:
         line.append("\n" + " · ".join(details), style="dim")
+    if report.proof is not None:
+        line.append("\n" + proof_text.headline(report.proof), style="green" if report.proof.complete else "yellow")
     env = report.environment
     title = f"leakcheck · {report.name} · {report.device}" + (f" · {env['gpu']}" if env.get("gpu") else "")
     return Panel(line, title=title, title_align="left", border_style=_VERDICT_STYLE[report.verdict].split()[-1])
@@ -113,6 +121,46 @@ def _cycles_table(report: Report) -> Table:
     table.caption = f"growth per later cycle: {format_delta(report.nvml_growth_bytes)}" + (
         f" (limit {format_bytes(report.max_nvml_growth_bytes)})" if report.max_nvml_growth_bytes is not None else ""
     )
+    return table
+
+
+def import_time_line(report: Report) -> str:
+    """One line for storages the runner's module created when imported (not counted)."""
+    found = report.import_time
+    assert found is not None
+    examples = f": {', '.join(found.examples)}" if found.examples else ""
+    return (
+        f"importing the runner's module created {found.storages} storage(s), {format_bytes(found.bytes)}, before "
+        f"baseline{examples}; not counted (what the run adds to them is)"
+    )
+
+
+CYCLE_COLUMNS = 4  # later cycles shown side by side; the JSON report keeps them all
+
+
+def _cycle_categories_table(report: Report) -> Table:
+    """Each later cycle's NVML growth by category, cycles side by side (the latest ones)."""
+    split = [cycle for cycle in report.cycles if cycle.categories]
+    shown = split[-CYCLE_COLUMNS:]
+    table = Table(title="Growth per later cycle, by category", title_justify="left", title_style="bold")
+    table.add_column("category", overflow="fold")
+    for cycle in shown:
+        table.add_column(f"cycle {cycle.cycle}", justify="right", no_wrap=True)
+    latest = shown[-1]
+    for position, category in enumerate(latest.categories):
+        name = Text(category.name)
+        if category.detail:
+            name.append(f"\n  {clip(category.detail)}", style="dim")
+        row: list[Text | str] = [name]
+        for cycle in shown:
+            found = cycle.categories[position] if position < len(cycle.categories) else None
+            row.append(format_delta(found.bytes) if found is not None else "n/a")
+        table.add_row(*row)
+    shares = [f"cycle {c.cycle} {c.growth_named_share:.1%}" for c in shown if c.growth_named_share is not None]
+    caption = f"of NVML's growth named: {', '.join(shares)}" if shares else ""
+    if len(split) > len(shown):
+        caption += ("; " if caption else "") + f"{len(split) - len(shown)} earlier cycle(s) in the JSON report"
+    table.caption = caption or None
     return table
 
 
@@ -188,6 +236,10 @@ def _owners_table(report: Report) -> Table:
             cell.append(f"\n  {clip(example)}", style="dim")
         if owner.detail:
             cell.append(f"\n  {clip(owner.detail)}", style="italic dim")
+        proven = proof_text.holder_line(owner)
+        if proven:
+            good = owner.proof in (PROOF_FREED, PROOF_SHARED)
+            cell.append(f"\n  {clip(proven)}", style="green" if good else "yellow")
         style = "dim" if owner.allowed or owner.kind in FREED_BY_COLLECTOR else None
         table.add_row(
             cell,
@@ -199,6 +251,55 @@ def _owners_table(report: Report) -> Table:
         )
     table.caption = limits.more(left_out, "holders")
     return table
+
+
+def _proof(report: Report) -> Panel:
+    """Each suggested line leakcheck ran, what it was expected to free and what died after it."""
+    proof = report.proof
+    assert proof is not None
+    table = Table(expand=True, box=None, pad_edge=False)
+    table.add_column("#", justify="right", no_wrap=True)
+    table.add_column("line run", overflow="fold", ratio=1)
+    table.add_column("expected", justify="right", no_wrap=True)
+    table.add_column("freed", justify="right", no_wrap=True)
+    reserved = any(step.torch_reserved_bytes is not None for step in proof.steps)
+    nvml = any(step.nvml_process_bytes is not None for step in proof.steps)
+    if reserved:
+        table.add_column("reserved", justify="right", no_wrap=True)
+    if nvml:
+        table.add_column("NVML", justify="right", no_wrap=True)
+    steps, left_out = limits.first(proof.steps, limits.RELEASE_LINES)
+    for number, step in enumerate(steps, start=1):
+        line = Text(clip(step.line), style="cyan")
+        if step.error:
+            line.append(f"\n  raised {clip(step.error)}", style="red")
+        if step.unclaimed_bytes:
+            line.append(f"\n  also freed {format_bytes(step.unclaimed_bytes)} it did not claim", style="dim")
+        if step.caveat:
+            line.append(f"\n  {clip(step.caveat)}", style="dim")
+        row: list[Text | str] = [str(number), line, format_bytes(step.expected_bytes), format_bytes(step.freed_bytes)]
+        if reserved:
+            row.append(format_bytes(step.torch_reserved_bytes))
+        if nvml:
+            row.append(format_bytes(step.nvml_process_bytes))
+        table.add_row(*row)
+    parts: list[Text | Table] = [
+        Text(proof_text.headline(proof), style="bold green" if proof.complete else "bold yellow")
+    ]
+    if proof.steps:
+        parts.append(table)
+    if left_out:
+        parts.append(Text(limits.more(left_out, "lines") or "", style="dim"))
+    if proof.unfreed:
+        stayed = "\n".join(f"    {clip(text)}" for text in proof.unfreed)
+        parts.append(
+            Text.assemble(
+                (f"no suggested line freed these ({format_bytes(proof.unfreed_bytes)}):\n", "bold yellow"), stayed
+            )
+        )
+    for note in proof.notes[: limits.NOTES]:
+        parts.append(Text(f"  • {clip(note)}", style="dim"))
+    return Panel(Group(*parts), title="Proof: the suggested lines, run one by one", title_align="left")
 
 
 def _release(report: Report) -> Panel:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from leakcheck.config import Config
 from leakcheck.lifecycle.record import Lifecycle
-from leakcheck.report.gate import count, is_allowed, verdict
+from leakcheck.report.gate import count, is_allowed, unproven, verdict
 from leakcheck.report.model import CYCLE, Cycle, Owner, Report, RunError
 
 
@@ -65,9 +65,14 @@ def build_report(
         report.heap_objects = found.heap_objects
         report.notes.extend(found.notes)
     report.cycles = cycle_summaries(lifecycle, patterns)
+    report.import_time = lifecycle.import_time
     if report.cycles and lifecycle.pinned_segments:
         report.leaked_reserved_bytes = report.cycles[-1].leaked_reserved_bytes
     report.nvml_growth_bytes = nvml_growth(report)
+    report.proof = lifecycle.proof if found is not None else None
+    report.require_proven = config.gate.require_proven
+    if report.require_proven and (why := unproven(report)) is not None:
+        report.notes.append(why)
     if report.error is None and found is None:
         report.error = RunError(
             phase="audit",
@@ -79,7 +84,8 @@ def build_report(
 
 
 def cycle_summaries(lifecycle: Lifecycle, patterns: list[str]) -> list[Cycle]:
-    """Per cycle: NVML and reserved growth over the previous cycle's `collected`, and the audited leak."""
+    """Per cycle: NVML and reserved growth over the previous cycle's `collected`, the audited
+    leak, and (later cycles on CUDA) that growth split by category."""
     ends = [m for m in lifecycle.memory if m.phase == "collected"]
     starts = [m for m in lifecycle.memory if m.phase == "baseline"][:1] + ends[:-1]
     cycles = []
@@ -90,6 +96,7 @@ def cycle_summaries(lifecycle: Lifecycle, patterns: list[str]) -> list[Cycle]:
         pinned = lifecycle.pinned_segments
         if index <= len(pinned):  # measured on the device: segments this cycle's leaks added
             reserved = pinned[index - 1] - (pinned[index - 2] if index > 1 else 0)
+        categories, share = lifecycle.cycle_categories.get(index, ([], None))
         cycles.append(
             Cycle(
                 cycle=index,
@@ -97,6 +104,8 @@ def cycle_summaries(lifecycle: Lifecycle, patterns: list[str]) -> list[Cycle]:
                 torch_reserved_growth_bytes=_difference(end.torch_reserved_bytes, start.torch_reserved_bytes),
                 leaked_bytes=leaked,
                 leaked_reserved_bytes=reserved,
+                categories=list(categories),
+                growth_named_share=share,
             )
         )
     return cycles

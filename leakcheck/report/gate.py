@@ -50,10 +50,32 @@ def verdict(report: Report, unsized: int = 0) -> str:
         return "error"
     if report.leaked_bytes > report.max_leaked_bytes or unsized:
         return "fail"
+    if report.require_proven and unproven(report) is not None:
+        return "fail"
     growth, limit = report.nvml_growth_bytes, report.max_nvml_growth_bytes
     if limit is not None and growth is not None and growth > limit:
         return "fail"
     return "pass"
+
+
+def unproven(report: Report) -> str | None:
+    """Why `gate.require_proven` fails this report, or None when it holds.
+
+    Nothing counted needs no proof. Otherwise the proof must have run, and every counted
+    byte must have died while the suggested lines ran: a holder leakcheck did not try
+    fails it only through the bytes it kept.
+    """
+    if report.leaked_bytes == 0 and report.unsized_storages == 0:
+        return None
+    proof = report.proof
+    if proof is None:
+        return "gate.require_proven: the proof did not run (--no-prove, or it failed: see the notes)"
+    if proof.unfreed_bytes or proof.freed_bytes < proof.claimed_bytes:
+        return (
+            f"gate.require_proven: {proof.unfreed_bytes:,} of {proof.claimed_bytes:,} counted bytes "
+            "were not freed by the suggested lines"
+        )
+    return None
 
 
 def exit_code(report: Report) -> int:

@@ -25,6 +25,13 @@ UNATTRIBUTED = "unattributed"  # alive, but reachable from no root leakcheck kno
 
 FREED_BY_COLLECTOR = {CYCLE}
 
+# What `--prove` found for a holder (Owner.proof).
+PROOF_FREED = "freed"  # every byte expected at its step died there
+PROOF_PARTLY = "partly"  # some of them did
+PROOF_NOT_FREED = "not_freed"  # none did: a wrong attribution
+PROOF_NOT_TRIED = "not_tried"  # leakcheck must not run its line (Owner.proof_note says why)
+PROOF_SHARED = "shared"  # its bytes are expected at a later holder's step, which releases the last of them
+
 
 @dataclass
 class Owner:
@@ -42,6 +49,11 @@ class Owner:
     evaluable: bool = True
     allowed: bool = False
     pinned_bytes: int = 0  # pinned host memory it reaches, apart from device bytes
+    # --prove: bytes that died at the step running this holder's line (None: not proven)
+    freed_bytes: int | None = None
+    proof: str | None = None  # freed | partly | not_freed | not_tried | shared
+    proof_note: str | None = None  # why not tried, what stayed, or when shared bytes came free
+    expected_bytes: int | None = None  # --prove: counted bytes expected to die at its line
 
 
 @dataclass
@@ -152,6 +164,65 @@ class Cycle:
     torch_reserved_growth_bytes: int | None
     leaked_bytes: int  # what the audit attributes to this cycle's runner
     leaked_reserved_bytes: int = 0  # the same, as allocator segments the device cannot get back
+    # Later cycles on CUDA: this cycle's NVML growth split as the final reconciliation splits
+    # it (leaked segments, pools, cuBLAS workspaces, allocator cache, outside PyTorch).
+    categories: list[Category] = field(default_factory=list)
+    growth_named_share: float | None = None  # of this cycle's NVML growth, named by category
+
+
+@dataclass
+class ProofStep:
+    """One suggested line, run by `--prove`, and what died after it.
+
+    expected_bytes: counted bytes this line should free (a shared hold's, at the step that
+        releases the last of its holders); freed_bytes: those that died here.
+    unclaimed_bytes: bytes that died here though this line claimed none of them.
+    """
+
+    line: str
+    owners: list[str]
+    expected_bytes: int
+    freed_bytes: int
+    unclaimed_bytes: int = 0
+    error: str | None = None  # the line raised (TypeName: message); the plan went on
+    caveat: str | None = None
+    torch_reserved_bytes: int | None = None  # measured after the step's collection
+    nvml_process_bytes: int | None = None
+    rss_bytes: int | None = None
+
+
+@dataclass
+class Proof:
+    """`--prove`: the suggested lines applied one by one, and the bytes that died.
+
+    claimed_bytes: the leaked bytes the gate counts; freed_bytes: those that died while the
+    plan ran; unfreed_bytes: still alive after its last step (`unfreed` says which).
+    """
+
+    claimed_bytes: int
+    freed_bytes: int
+    unfreed_bytes: int
+    steps: list[ProofStep] = field(default_factory=list)
+    unfreed: list[str] = field(default_factory=list)  # "<bytes> <example path> (held by ...)"
+    torch_reserved_before: int | None = None
+    nvml_process_before: int | None = None
+    rss_before: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return self.freed_bytes >= self.claimed_bytes and self.unfreed_bytes == 0
+
+
+@dataclass
+class ImportTime:
+    """Storages the runner's module created when it was imported (before `baseline`): a
+    library's constants, a module-level buffer. Not counted as leaked: only what is added to
+    them during the run is (a module-level cache's new entries)."""
+
+    storages: int
+    bytes: int
+    examples: list[str] = field(default_factory=list)  # `module.NAME` where a global holds one
 
 
 @dataclass
@@ -197,6 +268,9 @@ class Report:
     config: str | None = None
     environment: dict[str, Any] = field(default_factory=dict)
     heap_objects: int = 0
+    proof: Proof | None = None  # --prove: what the suggested lines freed when leakcheck ran them
+    require_proven: bool = False  # gate.require_proven: every counted byte must be freed by the proof
+    import_time: ImportTime | None = None  # what importing the runner's module created (not counted)
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -217,14 +291,30 @@ class Report:
         fields["sites"] = [Site(**_known(Site, s)) for s in data.get("sites", [])]
         fields["memory"] = [MemorySample(**_known(MemorySample, m)) for m in data.get("memory", [])]
         fields["audit_memory"] = [MemorySample(**_known(MemorySample, m)) for m in data.get("audit_memory", [])]
-        fields["cycles"] = [Cycle(**_known(Cycle, c)) for c in data.get("cycles", [])]
+        fields["cycles"] = [_cycle(c) for c in data.get("cycles", [])]
+        if data.get("import_time"):
+            fields["import_time"] = ImportTime(**_known(ImportTime, data["import_time"]))
         if data.get("error"):
             fields["error"] = RunError(**_known(RunError, data["error"]))
         if data.get("reconciliation"):
             rec = _known(Reconciliation, data["reconciliation"])
             rec["categories"] = [Category(**_known(Category, c)) for c in rec.get("categories", [])]
             fields["reconciliation"] = Reconciliation(**rec)
+        if data.get("proof"):
+            fields["proof"] = proof_from_dict(data["proof"])
         return cls(**fields)
+
+
+def proof_from_dict(data: dict[str, Any]) -> Proof:
+    proof = _known(Proof, data)
+    proof["steps"] = [ProofStep(**_known(ProofStep, step)) for step in proof.get("steps", [])]
+    return Proof(**proof)
+
+
+def _cycle(data: dict[str, Any]) -> Cycle:
+    cycle = Cycle(**_known(Cycle, data))
+    cycle.categories = [Category(**_known(Category, c)) for c in data.get("categories") or []]
+    return cycle
 
 
 def plain(value: Any) -> Any:
