@@ -1,0 +1,40 @@
+"""torch.compile with the default inductor backend on a tiny model: the same runner as
+case_compile (the compiled wrapper kept, dynamo not reset), compiled to C++ kernels.
+Fix: `self.compiled = None` and `torch._dynamo.reset()`. Truth (torch 2.13, CPU): as for
+aot_eager, releasing the wrapper frees everything and the reset alone frees nothing.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+BACKEND = "inductor"
+SUSPECTS: dict[str, str] = {
+    "compiled": "runner.compiled = None",
+    "dynamo": "torch._dynamo.reset()",
+}
+
+
+class Runner:
+    def __init__(self, variant: str, device: str) -> None:
+        self.variant = variant
+        self.model = nn.Sequential(nn.Linear(128, 256), nn.ReLU(), nn.Linear(256, 8)).to(device)
+        options = {} if BACKEND == "inductor" else {"backend": BACKEND}
+        self.compiled = torch.compile(self.model, **options)
+        self.inputs = torch.randn(4, 128, device=device)
+
+    def run(self) -> None:
+        with torch.no_grad():
+            for _ in range(2):
+                self.compiled(self.inputs)
+
+    def shutdown(self) -> None:
+        self.model = None
+        self.inputs = None
+        if self.variant == "fixed":
+            self.compiled = None
+            torch._dynamo.reset()
+
+
+def build(variant: str = "seed", device: str = "cpu") -> Runner:
+    return Runner(variant, device)
