@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import builtins
 import importlib
+import importlib.util
+import textwrap
+import uuid
 import sys
 import types
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -81,3 +85,25 @@ def scratch_module() -> Iterator[types.ModuleType]:
 
 def run_audit(runner: object, baseline, **kwargs) -> Audit:
     return audit(runner, "cpu", baseline, **kwargs)
+
+
+@pytest.fixture
+def user_module(tmp_path: Path):
+    """Writes and imports a uniquely named module from a folder outside site-packages (user
+    code, as a runner's module is); removed from sys.modules afterwards."""
+    made: list[str] = []
+
+    def load(stem: str, source: str):
+        name = f"{stem}_{uuid.uuid4().hex[:8]}"
+        path = tmp_path / f"{name}.py"
+        path.write_text(textwrap.dedent(source))
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        made.append(name)
+        spec.loader.exec_module(module)
+        return module
+
+    yield load
+    for name in made:
+        sys.modules.pop(name, None)

@@ -5,14 +5,10 @@ its line, then run the line leakcheck would run and check the leaked storages re
 from __future__ import annotations
 
 import gc
-import importlib.util
 import logging
 import sys
-import textwrap
 import threading
-import uuid
 import weakref
-from pathlib import Path
 
 import pytest
 import torch
@@ -21,28 +17,6 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from leakcheck.engine.audit import audit_watching
 from leakcheck.engine.release import CPP_STATE, LIBRARY_STATE, LIVE_FRAME, ReleasePlan
 from leakcheck.recognisers import Recogniser, registered
-
-
-@pytest.fixture
-def user_module(tmp_path: Path):
-    """Writes and imports a uniquely named module from a folder outside site-packages (user
-    code, as a runner's module is); removed from sys.modules afterwards."""
-    made: list[str] = []
-
-    def load(stem: str, source: str):
-        name = f"{stem}_{uuid.uuid4().hex[:8]}"
-        path = tmp_path / f"{name}.py"
-        path.write_text(textwrap.dedent(source))
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        made.append(name)
-        spec.loader.exec_module(module)
-        return module
-
-    yield load
-    for name in made:
-        sys.modules.pop(name, None)
 
 
 def audit_with_plan(runner, baseline):

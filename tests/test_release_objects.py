@@ -8,14 +8,8 @@ from __future__ import annotations
 
 import copyreg
 import gc
-import importlib.util
-import sys
-import textwrap
 import threading
-import uuid
-from pathlib import Path
 
-import pytest
 import torch
 from torch.multiprocessing.reductions import StorageWeakRef
 
@@ -30,26 +24,6 @@ def _audit(runner, baseline):
     plan = ReleasePlan()
     result, _ = audit_watching(runner, "cpu", baseline, caller_frames=False, plan=plan)
     return result, plan
-
-
-@pytest.fixture
-def user_module(tmp_path: Path):
-    made: list[str] = []
-
-    def load(stem: str, source: str):
-        name = f"{stem}_{uuid.uuid4().hex[:8]}"
-        path = tmp_path / f"{name}.py"
-        path.write_text(textwrap.dedent(source))
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        made.append(name)
-        spec.loader.exec_module(module)
-        return module
-
-    yield load
-    for name in made:
-        sys.modules.pop(name, None)
 
 
 def test_stdlib_site_packages_and_builtins_are_libraries_user_folders_are_not(user_module):

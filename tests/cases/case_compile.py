@@ -19,10 +19,10 @@ SUSPECTS: dict[str, str] = {
 
 
 class Runner:
-    def __init__(self, variant: str, device: str) -> None:
+    def __init__(self, variant: str, device: str, backend: str = BACKEND) -> None:
         self.variant = variant
         self.model = nn.Sequential(nn.Linear(128, 256), nn.ReLU(), nn.Linear(256, 8)).to(device)
-        options = {} if BACKEND == "inductor" else {"backend": BACKEND}
+        options = {} if backend == "inductor" else {"backend": backend}
         self.compiled = torch.compile(self.model, **options)
         self.inputs = torch.randn(4, 128, device=device)
 

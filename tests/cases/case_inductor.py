@@ -5,36 +5,11 @@ aot_eager, releasing the wrapper frees everything and the reset alone frees noth
 """
 from __future__ import annotations
 
-import torch
-from torch import nn
+from case_compile import SUSPECTS, Runner
 
 BACKEND = "inductor"
-SUSPECTS: dict[str, str] = {
-    "compiled": "runner.compiled = None",
-    "dynamo": "torch._dynamo.reset()",
-}
-
-
-class Runner:
-    def __init__(self, variant: str, device: str) -> None:
-        self.variant = variant
-        self.model = nn.Sequential(nn.Linear(128, 256), nn.ReLU(), nn.Linear(256, 8)).to(device)
-        options = {} if BACKEND == "inductor" else {"backend": BACKEND}
-        self.compiled = torch.compile(self.model, **options)
-        self.inputs = torch.randn(4, 128, device=device)
-
-    def run(self) -> None:
-        with torch.no_grad():
-            for _ in range(2):
-                self.compiled(self.inputs)
-
-    def shutdown(self) -> None:
-        self.model = None
-        self.inputs = None
-        if self.variant == "fixed":
-            self.compiled = None
-            torch._dynamo.reset()
+__all__ = ["SUSPECTS", "build"]
 
 
 def build(variant: str = "seed", device: str = "cpu") -> Runner:
-    return Runner(variant, device)
+    return Runner(variant, device, backend=BACKEND)
