@@ -32,7 +32,9 @@ from __future__ import annotations
 import threading
 import types
 from collections import OrderedDict, defaultdict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
@@ -44,6 +46,10 @@ from leakcheck.engine.release import LIBRARY_STATE, LIVE_FRAME, Release
 from leakcheck.engine.roots import Handle
 from leakcheck.engine.safe_read import exact_str, instance_dict, is_one_of, items_of, str_entry, type_module
 from leakcheck.report.model import ATTRIBUTE, CLASS_ATTRIBUTE, CLOSURE, FRAME, GLOBAL
+
+if TYPE_CHECKING:
+    from leakcheck.engine.walks import Walker
+    from leakcheck.recognisers import Remedy
 
 # Nodes of one path tested as dominators: paths from a registry to a tensor are short.
 MAX_CANDIDATES = 64
@@ -74,10 +80,10 @@ class _Context:
     objects: list
     sub_nodes: np.ndarray
     sub_local: np.ndarray
-    walker: object
+    walker: Walker
     tensor_local: np.ndarray
     storage_of: np.ndarray
-    lookup: object
+    lookup: Callable[[np.ndarray], np.ndarray]
     recognisers: list
     user_packages: frozenset[str]
     owner_sets: list[list[int]] = field(default_factory=list)
@@ -293,6 +299,7 @@ def _fold_group(
     """Rule 2 for one group of library roots, then (unless `recognised_only`) rule 3 for
     what stays."""
     found = _object_for(context, group, recognised_only)
+    fold: _Fold | None  # `folds.get` below may miss
     if found is None and len(group) > 1:
         for index in group:  # no object common to all: perhaps one per root
             _fold_group(context, [index], folds, claimed, recognised_only)
@@ -415,11 +422,12 @@ def _namers(context: _Context, group: list[int], storages: np.ndarray) -> list[i
         if category is None or context.targets[index] < 0:
             continue
         found.append(index)
-    found.sort(key=lambda i: context.categories[i])
+    # `found` holds only indices whose category is not None (filtered above).
+    found.sort(key=lambda i: cast(int, context.categories[i]))
     by_category: dict[int, int] = defaultdict(int)
     kept = []
     for index in found:
-        category = context.categories[index]
+        category = cast(int, context.categories[index])
         if by_category[category] < MAX_NAMERS:
             by_category[category] += 1
             kept.append(index)
@@ -439,7 +447,7 @@ def _best_paths(context: _Context, namers: list[int], nodes: list[int]) -> dict[
             chain = walker.chain(node)
             if chain[0] != target:
                 continue
-            rank = (context.categories[index], len(chain))
+            rank = (cast(int, context.categories[index]), len(chain))  # namers have a category
             if node not in best or rank < best[node][0]:
                 best[node] = (rank, chain, index)
     described: dict[int, tuple[str, bool, int]] = {}
@@ -451,11 +459,11 @@ def _best_paths(context: _Context, namers: list[int], nodes: list[int]) -> dict[
     return described
 
 
-def _visited_last(walker, node: int) -> bool:
+def _visited_last(walker: Walker, node: int) -> bool:
     return bool(walker.stamp[node] == walker.walks)
 
 
-def _choose(context: _Context, dominators: list[int], paths: dict) -> tuple[int, object] | None:
+def _choose(context: _Context, dominators: list[int], paths: dict) -> tuple[int, Remedy | None] | None:
     """The dominator a recogniser knows, else the first that is not a plain container."""
     objects, sub_nodes = context.objects, context.sub_nodes
     above: object = None
@@ -626,6 +634,8 @@ def _merged(holders: list, fold: _Fold) -> object:
     members = [holders[m] for m in fold.members]
     storages = np.unique(np.concatenate([m.storages for m in members]))
     lead = holders[fold.examples_from] if fold.examples_from is not None else members[0]
+    examples: list[tuple[int, str, bool]]
+    seen: set[int]
     examples, seen = [], set()
     for holder in [lead, *members]:
         for example in holder.examples:

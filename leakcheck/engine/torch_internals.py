@@ -469,6 +469,7 @@ def autograd_references(node: object) -> list[AutogradReference]:
         pairs = _read(getters.next_functions, node)
     except Exception:
         pairs = ()
+    index: int | None  # a position below; None for a saved value that is not a sequence
     if type(pairs) is tuple:
         for index, pair in enumerate(pairs):
             nxt = pair[0] if type(pair) is tuple and pair else None
@@ -486,7 +487,11 @@ def autograd_references(node: object) -> list[AutogradReference]:
             raw = _read(getter, node)
         except Exception:
             continue
-        entries = list(enumerate(raw)) if type(raw) in (tuple, list) else [(None, raw)]
+        entries: list[tuple[int | None, object]] = (
+            list(enumerate(cast("tuple[object, ...] | list[object]", raw)))
+            if type(raw) in (tuple, list)
+            else [(None, raw)]
+        )
         for index, saved in entries:
             found.extend(_saved_references(getters, name, index, saved))
     return found

@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import types
 import weakref
+from typing import cast
 
 from leakcheck.engine.dominators import user_reference
 from leakcheck.engine.release import Release
@@ -82,11 +83,11 @@ class Hooks(Recogniser):
         registry = _hook_dicts().get(id(container))
         if registry is None:
             return None
-        key = _key_of(container, member)
+        key = _key_of(cast(dict, container), member)  # instance_of checked above
         if key is None:
             return None
         hook = _hook_name(member)
-        handle = handle_for(container, key)
+        handle = handle_for(cast(dict, container), key)
         if handle is not None:
             release = Release.call(_remove, handle)
         else:

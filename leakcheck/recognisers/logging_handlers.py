@@ -7,6 +7,7 @@ The documented release is `logger.removeHandler(handler); handler.close()`; neve
 from __future__ import annotations
 
 import logging
+from typing import cast
 
 from leakcheck.engine.release import Release
 from leakcheck.engine.safe_read import exact_str, instance_dict, instance_of, items_of, str_entry
@@ -21,14 +22,14 @@ def loggers_holding(handler: object) -> list[logging.Logger]:
     table = str_entry(loggers, "loggerDict") if loggers is not None else None
     if isinstance(table, dict):
         candidates.extend(value for _, value in items_of(table))
-    found = []
+    found: list[logging.Logger] = []
     for logger in candidates:
         if not instance_of(logger, logging.Logger):
             continue
         namespace = instance_dict(logger)
         handlers = str_entry(namespace, "handlers") if namespace is not None else None
         if type(handlers) is list and any(h is handler for h in handlers):
-            found.append(logger)
+            found.append(cast(logging.Logger, logger))  # instance_of checked above
     return found
 
 

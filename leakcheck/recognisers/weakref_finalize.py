@@ -70,7 +70,7 @@ class WeakrefFinalize(Recogniser):
         return Remedy(
             label=f"weakref.finalize of {function}",
             fix=fix,
-            release=Release(action=lambda index=member.index: _call_registered(index)),  # type: ignore[attr-defined]
+            release=Release(action=lambda index=member.index: _call_registered(index)),  # type: ignore[attr-defined,misc]
             detail=f"a finalizer registered for {function}; weakref.finalize._registry is its path, not the holder",
             recogniser=self.name,
         )
