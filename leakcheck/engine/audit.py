@@ -199,8 +199,7 @@ def _watch_leaked(result: Audit, items: list[Item], leaked: Leaked, objects: lis
         if storage is not None and slot in first:
             watch.add(storage, objects[int(leaked.nodes[first[slot]])])
         elif storage is not None and item.weak_ref is not None:  # cpp_held: no heap node, its own weak ref
-            checks = watch.alive.setdefault(storage_key(storage), [])
-            checks.append(lambda ref=item.weak_ref: not ref.expired())  # type: ignore[attr-defined,misc]
+            watch.add_storage_ref(storage, item.weak_ref)
     return watch
 
 

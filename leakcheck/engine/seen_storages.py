@@ -26,16 +26,16 @@ import torch
 from leakcheck.engine import torch_internals as ti
 from leakcheck.engine.heap import TypeIndex, collector_paused
 from leakcheck.engine.safe_read import MISSING, instance_dict, is_subtype, str_entry
-from leakcheck.engine.tensors import Baseline, StorageKey, hidden_edges, normalize_device, tensor_nodes, tensor_reads
+from leakcheck.engine.tensors import (
+    SPARSE_COMPONENTS,
+    Baseline,
+    StorageKey,
+    hidden_edges,
+    normalize_device,
+    tensor_nodes,
+    tensor_reads,
+)
 
-# Sparse layouts' component readers: each component has a storage of its own.
-_SPARSE_PARTS = {
-    torch.sparse_coo: ("_indices", "_values"),
-    torch.sparse_csr: ("crow_indices", "col_indices", "values"),
-    torch.sparse_csc: ("ccol_indices", "row_indices", "values"),
-    torch.sparse_bsr: ("crow_indices", "col_indices", "values"),
-    torch.sparse_bsc: ("ccol_indices", "row_indices", "values"),
-}
 _RECURSIVE_SCRIPT_MODULE = getattr(getattr(torch, "jit", None), "RecursiveScriptModule", None)
 
 # id -> weak reference, for tensor objects that exist only because a snapshot read a graph
@@ -202,7 +202,7 @@ def _storages(tensor: object) -> list[torch.UntypedStorage]:
         layout = ti.layout(tensor)
         if layout is torch.strided:
             return [ti.untyped_storage(tensor)]
-        parts = _SPARSE_PARTS.get(layout, ())  # type: ignore[call-overload]
+        parts = SPARSE_COMPONENTS.get(layout, ())  # type: ignore[call-overload]
         return [ti.untyped_storage(ti.component(name, tensor)) for name in parts]
     except Exception:
         return []

@@ -38,12 +38,22 @@ class CollectableWatch:
         except TypeError:  # not weakly referenceable: it cannot be watched, so it is not trusted
             checks.append(lambda: True)
 
+    def add_storage_ref(self, storage: Storage, ref: object) -> None:
+        """A storage with no heap tensor (kind `cpp_held`), watched through its own StorageWeakRef."""
+        checks = self.alive.setdefault(storage_key(storage), [])
+        checks.append(lambda ref=ref: not ref.expired())  # type: ignore[attr-defined,misc]  # binds ref now
+
     def __len__(self) -> int:
         return len(self.alive)
 
-    def survivors(self) -> set[tuple]:
-        """Keys of the storages still alive now (call it after gc.collect())."""
-        return {key for key, checks in self.alive.items() if any(check() for check in checks)}
+    def survivors(self, among: set[tuple] | None = None) -> set[tuple]:
+        """Keys of the storages still alive now (call it after gc.collect()).
+
+        among: only these keys (unwatched ones are not reported); asking every watched
+        storage after each of many proof steps would be quadratic in holders.
+        """
+        keys = self.alive.keys() if among is None else among
+        return {key for key in keys if any(check() for check in self.alive.get(key, ()))}
 
 
 def storage_key(storage: Storage) -> tuple:

@@ -29,7 +29,7 @@ from leakcheck.engine.safe_read import error_text, is_subtype, type_facts_cached
 StorageKey = tuple  # (device, data pointer); (device, "tensor", id) for bytes read off a tensor
 
 # Sparse layouts: the methods that return their component tensors, each with its own storage.
-_COMPONENTS = {
+SPARSE_COMPONENTS = {
     torch.sparse_coo: ("_indices", "_values"),
     torch.sparse_csr: ("crow_indices", "col_indices", "values"),
     torch.sparse_csc: ("ccol_indices", "row_indices", "values"),
@@ -118,9 +118,9 @@ def _read(tensor: object, check_pinned: bool) -> list[StorageRead]:
             return _strided(tensor, "nested", check_pinned, note="nested tensor: its buffer", own_shape=False)
         return _strided(tensor, "strided", check_pinned)
     layout_name = str(layout).replace("torch.", "")
-    if layout in _COMPONENTS:
+    if layout in SPARSE_COMPONENTS:
         reads: list[StorageRead] = []
-        for name in _COMPONENTS[layout]:
+        for name in SPARSE_COMPONENTS[layout]:
             note = f"{name.strip('_')} of a {layout_name} tensor"
             reads.extend(_strided(ti.component(name, tensor), layout_name, check_pinned, note, owner=(tensor, name)))
         return reads

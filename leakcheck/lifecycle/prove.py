@@ -125,12 +125,12 @@ def prove_release(
     for index, line in enumerate(lines):
         say(f"proving: {line.text}")
         error = _apply(line.release)
-        now = _still_alive(plan, alive) | unwatched
+        now = plan.watch.survivors(alive) | unwatched
         # A full collection per line made a 3,000-holder plan take an hour: collect only when
         # reference counting alone did not free what the line claimed (garbage cycles).
         if line.expected & now:
             _collect(device)
-            now = _still_alive(plan, alive) | unwatched
+            now = plan.watch.survivors(alive) | unwatched
         elif device.startswith("cuda"):
             torch.cuda.empty_cache()
         sample = probes.sample(f"prove:{index + 1}")
@@ -154,7 +154,7 @@ def prove_release(
         )
     if lines:  # garbage a line made but claimed nothing of: collected once, at the end
         _collect(device)
-        late = alive - (_still_alive(plan, alive) | unwatched)
+        late = alive - (plan.watch.survivors(alive) | unwatched)
         if late:
             alive -= late
             last = proof.steps[-1]
@@ -239,13 +239,6 @@ def _apply(release: Release) -> str | None:
     except BaseException as exc:  # noqa: B036 - a line that calls sys.exit or os._exit is an error too
         return error_text(exc)
     return None
-
-
-def _still_alive(plan: ReleasePlan, keys: set[tuple]) -> set[tuple]:
-    """Which of `keys` the plan's weak references still see alive (only those: asking every
-    watched storage after every line is quadratic in holders)."""
-    watched = plan.watch.alive
-    return {key for key in keys if any(check() for check in watched.get(key, ()))}
 
 
 def _collect(device: str) -> None:
