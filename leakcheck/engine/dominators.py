@@ -219,10 +219,6 @@ def _category(holder, user_packages: frozenset[str]) -> int | None:
     return _USER
 
 
-def _has_thread_frames(holders: list) -> bool:
-    return any(h.handle.kind == FRAME and (h.handle.detail or "").startswith(_THREAD_FRAME) for h in holders)
-
-
 def _root_folds(context: _Context, folds: dict[str, _Fold], claimed: set[int]) -> None:
     """Rule 1: roots a recogniser claims (dynamo's state), one holder per remedy label."""
     for index, holder in enumerate(context.holders):

@@ -446,10 +446,6 @@ def _node_getters(cls: type) -> _NodeGetters | None:
     )
 
 
-def is_autograd_node(obj: object) -> bool:
-    return cached_fact(type(obj), "autograd_node", _node_getters) is not None
-
-
 def _read(getter: object, holder: object) -> object:
     return getter.__get__(holder, type(holder))  # type: ignore[attr-defined]
 
