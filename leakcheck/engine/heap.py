@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from typing import cast
 
 import numpy as np
-import scipy.sparse as sp
 
 CHUNK = 1 << 16
 
@@ -291,18 +290,58 @@ def build_graph(
             indices, counts = _add_edges(indices, counts, holders[both], held[both])
     indptr = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(counts, out=indptr[1:])
-    data = np.ones(indices.shape[0], dtype=np.bool_)
-    forward = sp.csr_matrix((data, indices, indptr), shape=(n, n))
-    reverse = forward.tocsc()
+    rev_indptr, rev_indices = transpose(indptr, indices, n)
     return HeapGraph(
         objects=objects,
         addresses=addresses,
-        fwd_indptr=forward.indptr,
-        fwd_indices=forward.indices,
-        rev_indptr=reverse.indptr,
-        rev_indices=reverse.indices,
+        fwd_indptr=indptr,
+        fwd_indices=indices,
+        rev_indptr=rev_indptr,
+        rev_indices=rev_indices,
         types=types if types is not None else TypeIndex(objects),
     )
+
+
+def transpose(indptr: np.ndarray, indices: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The reverse adjacency (held -> holders) of a CSR graph, as CSR.
+
+    Duplicate edges stay (in-degrees are reference counts) and each row's holders come in
+    ascending order, so a walk's order does not depend on how the forward rows were laid out.
+    The edges are sorted as one int64 key each, (held << 32) | holder: a plain sort of keys is
+    five times faster than a stable argsort by target. For 850,000 edges it takes about 20 ms
+    against 9 ms for the scipy CSR-to-CSC conversion it replaces, a few percent of the scan.
+    """
+    rev_indptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.bincount(indices, minlength=n), out=rev_indptr[1:])
+    holders = np.repeat(np.arange(n, dtype=np.int64), np.diff(indptr))
+    if n >= 2**31:  # pragma: no cover - keys would not fit; a heap of two billion objects
+        return rev_indptr, holders[np.argsort(indices, kind="stable")].astype(indices.dtype)
+    keys = (indices.astype(np.int64) << 32) | holders
+    keys.sort()
+    return rev_indptr, (keys & 0xFFFFFFFF).astype(indices.dtype)
+
+
+def weak_components(count: int, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """For each of `count` nodes, the smallest node index of its weakly connected component.
+
+    Union-find in array form: each round hooks every root to the smallest root across any of
+    its edges, then flattens the trees by pointer jumping. Only roots are hooked (always to a
+    smaller index, so no loop can form), which merges whole trees at once: a shuffled chain of
+    a million links took 14 rounds, where label propagation over 100,000 took minutes.
+    """
+    parent = np.arange(count, dtype=np.int64)
+    while True:
+        a, b = parent[src], parent[dst]
+        differ = a != b
+        if not differ.any():
+            return parent
+        a, b = a[differ], b[differ]
+        np.minimum.at(parent, np.maximum(a, b), np.minimum(a, b))
+        while True:
+            jumped = parent[parent]
+            if np.array_equal(jumped, parent):
+                break
+            parent = jumped
 
 
 def _add_edges(
