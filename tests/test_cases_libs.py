@@ -112,9 +112,7 @@ FAMILIES = [
 # What leakcheck gets wrong today, per (family, check): the issue 8 feature that fixes it.
 RECOGNISER = "issue 8: recognisers / the object to release"
 PROVE = "issue 8: --prove"
-XFAIL: dict[tuple[str, str], str] = {
-    ("threadlocal", "fixes"): RECOGNISER + " (`_SCRATCH = None` drops the threading.local itself)",
-}
+XFAIL: dict[tuple[str, str], str] = {}
 
 
 def params(check: str) -> list[Any]:

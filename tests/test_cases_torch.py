@@ -130,11 +130,7 @@ def test_seed_fails_with_truths_bytes(family: str) -> None:
     assert data["leaked_bytes"] == truth(family)["seed"]["total_bytes"]
 
 
-@pytest.mark.parametrize("family", families(
-    optim="object to release: the hook's registry is named instead of runner.hook_handle",
-    jit_freeze="on the CPU the parameters' Python objects outlive the freeze (C++ keeps them), so the bytes are "
-    "untracked references, one per storage, not one TorchScript compilation-unit holder (as on CUDA)",
-))
+@pytest.mark.parametrize("family", FAMILIES)
 def test_holders_retain_what_their_release_frees(family: str) -> None:
     """Each suspect that frees bytes is a holder retaining exactly those bytes."""
     _, data = report(family, "seed")
@@ -145,9 +141,7 @@ def test_holders_retain_what_their_release_frees(family: str) -> None:
         assert found["retained_bytes"] == freed, (name, found)
 
 
-@pytest.mark.parametrize("family", families(
-    optim="object to release: runner.hook_handle.remove()",
-))
+@pytest.mark.parametrize("family", FAMILIES)
 def test_only_holders_that_pin_bytes(family: str) -> None:
     """No pseudo-owner or library cache that retains nothing the truth can free is reported."""
     _, data = report(family, "seed")

@@ -84,7 +84,10 @@ def test_truth_frozen_weights_outlive_every_python_object():
     on_heap = set()
     for obj in gc.get_objects():
         if type(obj) in (torch.Tensor, torch.nn.Parameter):
-            on_heap.add(obj.untyped_storage().data_ptr())
+            try:
+                on_heap.add(obj.untyped_storage().data_ptr())
+            except (NotImplementedError, RuntimeError):  # MKLDNN (opaque) tensors another test left
+                continue
     assert not addresses & on_heap
 
 

@@ -15,8 +15,16 @@ import numpy as np
 from leakcheck.engine import torch_internals
 from leakcheck.engine.allocator import AllocatorState
 from leakcheck.engine.heap import TypeIndex, build_graph, collector_paused, reveal_frozen_objects
-from leakcheck.engine.inventory import Inventory, Item, add_cpp_held, add_pools, add_storages, own_cpp_held
-from leakcheck.engine.owners import Holder, Leaked, Ownership, effective_owners, find_owners
+from leakcheck.engine.inventory import (
+    Inventory,
+    Item,
+    add_cpp_held,
+    add_pools,
+    add_storages,
+    known_cpp_states,
+    own_cpp_held,
+)
+from leakcheck.engine.owners import Holder, Leaked, Ownership, effective_owners, find_owners, one_per_release
 from leakcheck.engine.release import NO_RELEASE, PlannedRelease, Release, ReleasePlan
 from leakcheck.engine.roots import capture_live_frames, frame_references, index_roots
 from leakcheck.engine.seen_storages import SeenStorages, made_by_leakcheck
@@ -128,9 +136,16 @@ def audit_watching(
         roots = index_roots(graph, runner, frames, barriers=(frames,))
         # cpp_held items have no heap node: owners are found for the others, then given theirs.
         on_heap = Leaked(nodes=leaked.nodes, storage=leaked.storage, nbytes=leaked.nbytes[:first_cpp_held])
-        ownership = find_owners(graph, roots, on_heap, frozen=freeze.frozen_mask(graph.objects))
+        ownership = find_owners(
+            graph,
+            roots,
+            on_heap,
+            frozen=freeze.frozen_mask(graph.objects),
+            cpp_states=known_cpp_states(inventory.items[:first_cpp_held], seen),
+        )
         del on_heap
         own_cpp_held(ownership, inventory.items, first_cpp_held)
+        one_per_release(ownership)
         result, collectable = _summarize(device, leaked, inventory.items, ownership, graph.size, graph.edges, baseline)
         watch = _watch(collectable, leaked, graph.objects)
         if plan is not None:

@@ -562,7 +562,11 @@ def _user_root_remedies(context: _Context, claimed: set[int]) -> None:
                 remedy = None
             if remedy is None:
                 continue
-            if remedy.fix.startswith("del "):
+            if remedy.replaces:
+                holder.handle = replace(
+                    handle, detail=remedy.detail or handle.detail, fix=remedy.fix, release=remedy.release
+                )
+            elif remedy.fix.startswith("del "):
                 holder.handle = replace(handle, detail=remedy.detail or handle.detail)
             else:
                 holder.handle = replace(

@@ -20,7 +20,7 @@ from leakcheck.engine.owners import EXAMPLES_PER_OWNER, Holder, Leaked, Ownershi
 from leakcheck.engine.release import CPP_STATE, Release
 from leakcheck.engine.roots import Handle
 from leakcheck.engine.seen_storages import SeenStorages
-from leakcheck.recognisers import cpp_remedies
+from leakcheck.recognisers import cpp_remedies, site_remedy
 from leakcheck.engine.tensors import StorageKey, storages_of, tensor_reads
 from leakcheck.report.model import UNTRACKED
 
@@ -204,6 +204,35 @@ def add_cpp_held(inventory: Inventory, seen: SeenStorages, exclude: set[StorageK
             )
         )
     return first
+
+
+def known_cpp_states(items: list[Item], seen: SeenStorages | None) -> dict[int, Handle]:
+    """Per item slot, the library C++ state known to hold that storage, for storages that only
+    a reference from outside the Python heap keeps:
+
+    - TorchScript's compilation unit, for storages a snapshot read as graph constants (on the
+      CPU frozen weights keep their Python Parameter objects, which C++ holds, so they surface
+      as untracked references rather than cpp_held storages);
+    - a library whose generated code allocated it (`Recogniser.site_remedy`: inductor's).
+
+    Each state is one holder however many storages it holds; `--prove` then measures whether
+    its release frees them."""
+    states: dict[int, Handle] = {}
+    script = None
+    if seen is not None and seen.script_constants:
+        remedy = next((r for r in cpp_remedies() if r.recogniser == "torchscript"), None)
+        script = remedy_handle(remedy) if remedy is not None else None
+    by_label: dict[str, Handle] = {}
+    for slot, item in enumerate(items):
+        if item.kind != TENSOR:
+            continue
+        if script is not None and seen is not None and (item.device, item.address) in seen.script_constants:
+            states[slot] = script
+        elif item.allocated_at:
+            remedy = site_remedy(item.allocated_at)
+            if remedy is not None:
+                states[slot] = by_label.setdefault(remedy.label, remedy_handle(remedy))
+    return states
 
 
 def own_cpp_held(ownership: Ownership, items: list[Item], first: int) -> None:

@@ -134,10 +134,14 @@ def find_owners(
     leaked: Leaked,
     frozen: np.ndarray | None = None,
     describe_limit: int = 20000,
+    cpp_states: dict[int, Handle] | None = None,
 ) -> Ownership:
     """Attribute every leaked storage to the handles that pin it.
 
     frozen: per node, whether gc.freeze() had frozen it; frozen garbage is never collected.
+    cpp_states: per leaked storage, the library's C++ state known to hold it (TorchScript's
+        compilation unit for a storage seen as a graph constant): a reference from outside the
+        heap to that storage is charged to that state, one holder for all of its storages.
     Cost: one backward walk, then one forward walk per distinct handle target, each touching
     only what that handle reaches (see `walks.Walker`), so holders add work by what they
     reach, not by how many there are.
@@ -219,7 +223,7 @@ def find_owners(
             is_frozen = frozen is not None and bool(frozen[members].any())
             visit([_cycle_handle(label, is_frozen)], sub.local[members].tolist(), prefix_evaluable=False)
 
-    _untracked(graph, leaked, untracked, holders, owner_sets, example)
+    _untracked(graph, leaked, untracked, holders, owner_sets, example, cpp_states or {})
     _unattributed(graph, leaked, holders, owner_sets, example)
     for holder in holders:
         # A holder that pins tensors only through a function's cells is a closure.
@@ -233,6 +237,38 @@ def find_owners(
     # Library registries are paths to the object to release, not holders (engine/dominators.py).
     holders = objects_to_release(holders, owner_sets, graph, sub, walker, tensor_local, leaked.storage, roots)
     return Ownership(holders=holders, owner_sets=owner_sets, example=example)
+
+
+def one_per_release(ownership: Ownership) -> None:
+    """Holders with the same name and the same fix are one holder: torch.compile's state found
+    through the heap and the storages its C++ side holds (`cpp_states`, cpp_held) are released by the
+    same `torch._dynamo.reset()`, and two rows would split what that one line frees. The first
+    (a heap holder comes before the pseudo-holders) keeps its kind and examples."""
+    holders, owner_sets = ownership.holders, ownership.owner_sets
+    first: dict[tuple[str, str | None], int] = {}
+    into: list[int] = []
+    kept: list[Holder] = []
+    for holder in holders:
+        key = (holder.handle.path, holder.handle.fix)
+        position = first.get(key)
+        if position is None or holder.handle.fix is None:
+            first.setdefault(key, len(kept))
+            into.append(len(kept))
+            kept.append(holder)
+            continue
+        lead = kept[position]
+        kept[position] = replace(
+            lead,
+            storages=np.union1d(lead.storages, holder.storages),
+            tensors=lead.tensors + holder.tensors,
+            examples=(lead.examples + holder.examples)[:EXAMPLES_PER_OWNER],
+        )
+        into.append(position)
+    if len(kept) == len(holders):
+        return
+    for storage, owners in enumerate(owner_sets):
+        owner_sets[storage] = sorted({into[o] for o in owners})
+    ownership.holders = kept
 
 
 def _leads_to_leaks(graph: HeapGraph, roots: RootIndex, leaked: Leaked) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -338,9 +374,11 @@ def _untracked(
     holders: list[Holder],
     owner_sets: list[list[int]],
     example: list,
+    cpp_states: dict[int, Handle],
 ) -> None:
     """A pseudo-owner for each storage a reference outside the Python heap holds, only where no
-    named holder explains it.
+    named holder explains it; or, for storages a known C++ state holds (`cpp_states`), that
+    state, as one holder.
 
     The heap graph already follows what C++ holds that leakcheck can read (autograd graphs,
     `.grad`, `._base`); what is left is a reference it cannot see. A tensor whose PyObject C++
@@ -350,12 +388,18 @@ def _untracked(
     holder made the holder's retained bytes 0. Garbage-cycle holders explain nothing here,
     since charging a C++-held storage to a cycle would call it collectable.
     """
+    by_state: dict[int, tuple[Handle, list[int], int]] = {}
     for storage, nodes in by_storage.items():
         if any(holders[owner].handle.kind not in _PSEUDO_OWNER_KINDS for owner in owner_sets[storage]):
             continue
         tensor = graph.objects[nodes[0]]
         label = f"<untracked reference to {tensor_label(tensor)}>"
         path = example[storage][0] if example[storage] else label
+        state = cpp_states.get(storage)
+        if state is not None:
+            _, storages, count = by_state.get(id(state), (state, [], 0))
+            by_state[id(state)] = (state, [*storages, storage], count + len(nodes))
+            continue
         handle = Handle(
             label,
             UNTRACKED,
@@ -376,6 +420,12 @@ def _untracked(
         )
         owner_sets[storage].append(len(holders))
         holders.append(holder)
+    for state, storages, count in by_state.values():
+        examples = [(s, f"<{tensor_label(graph.objects[by_storage[s][0]])} held by {state.path}>", False)
+                    for s in storages[:EXAMPLES_PER_OWNER]]
+        for storage in storages:
+            owner_sets[storage].append(len(holders))
+        holders.append(Holder(handle=state, storages=np.array(storages), tensors=count, examples=examples))
 
 
 def remedy_handle(remedy: Remedy) -> Handle:

@@ -69,7 +69,8 @@ class Release:
                 held.append(weakref.ref(argument))
             except TypeError:
                 held.append(lambda argument=argument: argument)  # type: ignore[misc]
-                caveat = f"holds a {type(argument).__name__} strongly (it takes no weak reference)"
+                if not _cannot_pin(argument):
+                    caveat = f"holds a {type(argument).__name__} strongly (it takes no weak reference)"
 
         def run() -> object:
             values = [get() for get in held]
@@ -78,6 +79,13 @@ class Release:
             return function(*values)
 
         return cls(action=run, caveat=caveat)
+
+
+def _cannot_pin(value: object) -> bool:
+    """A name, a number or a tuple of them: holding it strongly keeps no memory alive."""
+    if type(value) is tuple:
+        return all(_cannot_pin(item) for item in value)
+    return any(type(value) is kind for kind in (str, int, float, bool, bytes, type(None)))
 
 
 def delete_attribute(container: object, name: str) -> Release:

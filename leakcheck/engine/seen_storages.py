@@ -67,12 +67,16 @@ class SeenStorages:
     refs: dict[StorageKey, object] = field(default_factory=dict)
     snapshots: int = 0
     failures: list[str] = field(default_factory=list)  # snapshots that could not be taken, and why
+    # Storages read as tensor constants of a TorchScript graph: when one survives with no
+    # named holder, TorchScript's compilation unit is the C++ state that keeps it.
+    script_constants: set[StorageKey] = field(default_factory=set)
 
     def __len__(self) -> int:
         return len(self.refs)
 
-    def record(self, storage: torch.UntypedStorage, exclude: set[StorageKey]) -> None:
-        """Watch `storage` if it is on the audited device, holds bytes, and is not baseline."""
+    def record(self, storage: torch.UntypedStorage, exclude: set[StorageKey], constant: bool = False) -> None:
+        """Watch `storage` if it is on the audited device, holds bytes, and is not baseline;
+        `constant`: it was read as a TorchScript graph constant."""
         try:
             device = str(storage.device)
             pointer = int(storage.data_ptr())
@@ -83,6 +87,8 @@ class SeenStorages:
         key = (device, pointer)
         if key in exclude:
             return
+        if constant:
+            self.script_constants.add(key)
         known = self.refs.get(key)
         if known is not None and not known.expired():  # type: ignore[attr-defined]
             return
@@ -142,16 +148,18 @@ def _snapshot(seen: SeenStorages) -> None:
         tensors = [objects[node] for node in nodes.tolist()] + objects[known:]
         scripts = [objects[node] for node in types.nodes(_is_script_holder).tolist()]
         del objects, types, nodes
+        constants: list[object] = []
         for holder in scripts:
-            constants = ti.graph_tensor_constants(_script_object(holder))
-            _remember_made(c for c in constants if id(c) not in on_heap)
-            tensors.extend(constants)
+            found = ti.graph_tensor_constants(_script_object(holder))
+            _remember_made(c for c in found if id(c) not in on_heap)
+            constants.extend(found)
         del scripts
         with tensor_reads():
-            for tensor in tensors:
-                for storage in _storages(tensor):
-                    seen.record(storage, exclude)
-        del tensors
+            for is_constant, group in ((False, tensors), (True, constants)):
+                for tensor in group:
+                    for storage in _storages(tensor):
+                        seen.record(storage, exclude, constant=is_constant)
+        del tensors, constants
     seen.snapshots += 1
 
 

@@ -29,6 +29,7 @@ import torch
 
 from leakcheck.config import Config, ConfigError
 from leakcheck.engine.allocator import AllocatorState, start_history, stop_history
+from leakcheck.engine.libraries import mark_user_code
 from leakcheck.engine.audit import audit_watching
 from leakcheck.engine.survivors import CollectableWatch, storage_key
 from leakcheck.engine.import_time import import_time, loaded_modules
@@ -98,6 +99,9 @@ def load_factory(config: Config) -> Callable[..., Any]:
                 f"{where}: runner.factory: no module named {exc.name!r} (looked in {folder} and sys.path)"
             ) from None
         raise
+    # The factory's package is the user's code even when pip-installed (vllm in site-packages):
+    # its globals are holders to release, not a library's registries to leave alone.
+    mark_user_code(module_name)
     target: Any = module
     for part in attr_path.split("."):
         if not hasattr(target, part):

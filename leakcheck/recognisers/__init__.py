@@ -36,6 +36,9 @@ class Remedy:
     release: Release
     detail: str | None = None
     recogniser: str = ""
+    # For a user root's object: the fix replaces the holder's own line instead of running
+    # before it (dropping a threading.local would break the code that uses it).
+    replaces: bool = False
 
 
 class Recogniser:
@@ -66,6 +69,12 @@ class Recogniser:
         """A root entry (`path`) of a module or class of module `module` that reaches leaked
         bytes: if it is this library's state with a documented release (dynamo's caches:
         `torch._dynamo.reset()`), say how."""
+        return None
+
+    def site_remedy(self, allocated_at: str) -> Remedy | None:
+        """A storage held from outside the Python heap was allocated at `allocated_at` (a
+        CUDA allocation site, `file:line in function`): if that is this library's generated
+        code (inductor's `call`), this library's C++ state is what holds it."""
         return None
 
     def cpp_remedy(self) -> Remedy | None:
@@ -104,6 +113,7 @@ _BUILT_IN = (
     "weakref_finalize",
     "lru_cache",
     "threads",
+    "thread_locals",
     "tracebacks",
     "accelerate",
     "lightning",
@@ -162,6 +172,23 @@ def registered(refresh: bool = False) -> list[Recogniser]:
         load_notes[:] = failed + notes
         _cache = built_in + plugins
     return list(_cache)
+
+
+def site_remedy(allocated_at: str) -> Remedy | None:
+    """The first recogniser's remedy for storages allocated at `allocated_at` (see
+    `Recogniser.site_remedy`); a recogniser that fails is skipped."""
+    try:
+        recognisers = list(registered())
+    except Exception:
+        return None
+    for recogniser in recognisers:
+        try:
+            found = recogniser.site_remedy(allocated_at)
+        except Exception:
+            continue
+        if found is not None:
+            return found
+    return None
 
 
 def cpp_remedies() -> list[Remedy]:

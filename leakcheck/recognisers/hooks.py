@@ -98,11 +98,14 @@ class Hooks(Recogniser):
             if kept
             else f"handle.remove()  # the RemovableHandle that registering {hook} returned (id {key!r})"
         )
+        where = "torch's registry for every library's hooks: remove yours, never clear it"
         return Remedy(
-            label=f"hook {hook} in {registry}",
+            # The handle the runner kept is the object a person acts on; the registry entry
+            # it removes is what pins the bytes, and goes in the detail.
+            label=f"runner.{kept.removeprefix('self.')}" if kept else f"hook {hook} in {registry}",
             fix=fix,
             release=release,
-            detail=f"{registry} is torch's registry for every library's hooks: remove yours, never clear it",
+            detail=f"hook {hook} in {registry} ({where})" if kept else f"{registry} is {where}",
             recogniser=self.name,
         )
 

@@ -126,6 +126,16 @@ class TorchCompile(Recogniser):
             return remedy(f"a {type(obj).__name__} of torch.compile's state")
         return None
 
+    def site_remedy(self, allocated_at: str) -> Remedy | None:
+        """Inductor writes its generated modules under its cache folder (`torchinductor_USER`);
+        a storage allocated by their `call` that only C++ still references belongs to the
+        compiled graph's state (CUDA-graph trees keep such outputs and counters)."""
+        if "torch._dynamo" not in sys.modules or not torch_internals.dynamo_has_compiled():
+            return None
+        if "torchinductor_" not in allocated_at.replace("\\", "/"):
+            return None
+        return remedy("allocated by inductor's generated code and held from C++ by the compiled graph's state")
+
     def cpp_remedy(self) -> Remedy | None:
         if not torch_internals.dynamo_has_compiled():
             return None
