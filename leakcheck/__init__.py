@@ -12,7 +12,13 @@ from typing import Any  # noqa: E402
 
 from leakcheck.report.model import Audit, Owner, Report, SharedHold, Storage  # noqa: E402
 
-_LAZY = {"audit": "leakcheck.engine.audit", "take_baseline": "leakcheck.engine.tensors"}
+_LAZY = {
+    "audit": "leakcheck.engine.audit",
+    "take_baseline": "leakcheck.engine.tensors",
+    "expect_released": "leakcheck.testing.expect",  # torch is imported only when a check starts
+    "LeakError": "leakcheck.testing.expect",
+    "audit_to_file": "leakcheck.distributed.to_file",
+}
 
 
 def __getattr__(name: str) -> Any:
@@ -26,4 +32,7 @@ def __getattr__(name: str) -> Any:
         return value
     raise AttributeError(f"module 'leakcheck' has no attribute {name!r}")
 
-__all__ = ["Audit", "Owner", "Report", "SharedHold", "Storage", "audit", "take_baseline", "__version__"]
+__all__ = [
+    "Audit", "Owner", "Report", "SharedHold", "Storage", "audit", "audit_to_file", "take_baseline", "__version__",
+    "expect_released", "LeakError",
+]

@@ -13,7 +13,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic.json_schema import SkipJsonSchema
+
+from leakcheck.config_error import ConfigError  # noqa: F401  (raised here, imported from here by callers)
 
 from leakcheck.durations import parse_duration
 from leakcheck.sizes import parse_size
@@ -21,9 +24,37 @@ from leakcheck.sizes import parse_size
 _DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 _FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
+# What the loader accepts beyond the plain types, in JSON Schema terms (ECMA regexes, no flags),
+# so that an editor checking a config against `leakcheck schema` does not flag "64 MiB" or "5m".
+SIZE_PATTERN = r"^\s*(\d+(\.\d+)?|\.\d+)\s*([kKmMgGtT][iI]?[bB]|[bBkKmMgG])?\s*$"
+DURATION_PATTERN = r"^\s*(\d+(\.\d+)?|\.\d+)\s*([sS]([eE][cC])?|[mM]([iI][nN])?|[hH])?\s*$"
+_SIZE_FORMS: list[dict[str, Any]] = [
+    {"type": "integer", "minimum": 0},
+    {"type": "string", "pattern": SIZE_PATTERN, "examples": ["64 MiB", "1.5GB"]},
+]
+_DURATION_FORMS: list[dict[str, Any]] = [
+    {"type": "number", "exclusiveMinimum": 0},
+    {"type": "string", "pattern": DURATION_PATTERN, "examples": ["90s", "5m"]},
+]
+_NULL_FORM: list[dict[str, Any]] = [{"type": "null"}]
 
-class ConfigError(Exception):
-    """A config the user must fix; the message is the one line we print."""
+
+def _schema_forms(
+    forms: list[dict[str, Any]], description: str, keep_own: bool = False
+) -> Callable[[dict[str, Any]], None]:
+    """A field's JSON Schema as the forms its `mode="before"` validator accepts: pydantic
+    describes the type the value ends up as (an int), not the text a person writes ("64 MiB")."""
+
+    def rewrite(schema: dict[str, Any]) -> None:
+        own = {key: value for key, value in schema.items() if key != "default"}
+        default = schema.get("default", ...)
+        schema.clear()
+        schema["anyOf"] = ([own] if keep_own else []) + forms
+        schema["description"] = description
+        if default is not ...:
+            schema["default"] = default
+
+    return rewrite
 
 
 class _Strict(BaseModel):
@@ -31,7 +62,7 @@ class _Strict(BaseModel):
 
 
 class RunnerSpec(_Strict):
-    factory: str
+    factory: str = Field(json_schema_extra={"pattern": _FACTORY.pattern})
     args: dict[str, Any] = Field(default_factory=dict)
     shutdown: str = "shutdown"
 
@@ -50,8 +81,10 @@ class WarmupCall(_Strict):
 
 
 class Gate(_Strict):
-    max_leaked_bytes: int = 0
-    max_nvml_growth_bytes: int | None = None  # NVML growth since baseline; per later cycle with cycles > 1
+    max_leaked_bytes: int = Field(default=0, json_schema_extra=_schema_forms(_SIZE_FORMS, "bytes or a size"))
+    max_nvml_growth_bytes: int | None = Field(
+        default=None, json_schema_extra=_schema_forms(_SIZE_FORMS + _NULL_FORM, "bytes or a size; null: no limit")
+    )  # NVML growth since baseline; per later cycle with cycles > 1
     allow: list[str] = Field(default_factory=list)
     # Fail unless --prove freed every counted byte with the suggested lines alone.
     require_proven: bool = False
@@ -72,6 +105,9 @@ class Gate(_Strict):
 MAX_CYCLES = 100
 
 
+_DURATION_OR_NONE = _schema_forms(_DURATION_FORMS + _NULL_FORM, "seconds or a duration; null: no limit")
+
+
 class Timeouts(_Strict):
     """Seconds each runner phase may take before leakcheck stops waiting and reports (None: no limit).
 
@@ -79,9 +115,9 @@ class Timeouts(_Strict):
     shutdown waiting on a dead worker is the commonest hang.
     """
 
-    load: float | None = 900.0
-    warmup: float | None = 900.0
-    shutdown: float | None = 300.0
+    load: float | None = Field(default=900.0, json_schema_extra=_DURATION_OR_NONE)
+    warmup: float | None = Field(default=900.0, json_schema_extra=_DURATION_OR_NONE)
+    shutdown: float | None = Field(default=300.0, json_schema_extra=_DURATION_OR_NONE)
 
     @field_validator("load", "warmup", "shutdown", mode="before")
     @classmethod
@@ -93,19 +129,43 @@ class Timeouts(_Strict):
         return cls(load=seconds, warmup=seconds, shutdown=seconds)
 
 
+# Ranks on one host: torch's launcher starts one process per rank, and each audits its own heap.
+MAX_RANKS = 64
+
+
+class Distributed(_Strict):
+    """`distributed:`: run the runner on `nproc` ranks, launched by torch's elastic launcher
+    (as torchrun does), each rank auditing its own process; one combined verdict."""
+
+    nproc: int = Field(default=1, ge=1, le=MAX_RANKS)
+    backend: str = "auto"  # auto: nccl when the ranks run on CUDA, else gloo
+
+    @field_validator("backend")
+    @classmethod
+    def _backend_name(cls, value: str) -> str:
+        if value not in ("auto", "gloo", "nccl"):
+            raise ValueError(f"expected auto, gloo or nccl, got {value!r}")
+        return value
+
+
 class Config(_Strict):
     name: str | None = None
-    device: str = "auto"
+    device: str = Field(default="auto", json_schema_extra={"pattern": _DEVICE.pattern})
     runner: RunnerSpec
     warmup: list[WarmupCall] = Field(default_factory=list)
     cycles: int = Field(default=1, ge=1, le=MAX_CYCLES)  # load, warm-up and shutdown this many times in one process
     history: bool = True  # on CUDA, record where each block was allocated (from baseline on)
-    timeout: Timeouts = Field(default_factory=Timeouts)
+    timeout: Timeouts = Field(
+        default_factory=Timeouts,
+        json_schema_extra=_schema_forms(_DURATION_FORMS + _NULL_FORM, "one limit for every phase, or each", True),
+    )
     isolate: bool = False  # run the runner in a child process (a crash is reported, not suffered)
     gate: Gate = Field(default_factory=Gate)
+    distributed: Distributed | None = None  # tensor-parallel: launch this many ranks (--nproc)
     # Set by the loader, not by the user: where relative imports and error messages point.
-    path: Path | None = Field(default=None, exclude=True)
-    lines: dict[tuple[Any, ...], int] = Field(default_factory=dict, exclude=True)
+    path: SkipJsonSchema[Path | None] = Field(default=None, exclude=True)
+    lines: SkipJsonSchema[dict[tuple[Any, ...], int]] = Field(default_factory=dict, exclude=True)
+    _from_flags: bool = PrivateAttr(default=False)  # built by config_from_flags: errors name the flag
 
     @field_validator("timeout", mode="before")
     @classmethod
@@ -128,8 +188,27 @@ class Config(_Strict):
         A path that reaches a node through an alias gets the line of its nearest recorded parent
         (the alias); a key the file does not have (a default) gets no line.
         """
+        if self._from_flags:
+            return _FLAG_OF.get(loc[:2], _FLAG_OF.get(loc[:1], "command line"))
         line = _nearest_line(tuple(loc), self.lines, shortest=1)
         return f"{self.path}:{line}" if line else str(self.path)
+
+    @property
+    def import_folder(self) -> str | None:
+        """Where the factory's module is looked for first: the config file's folder; for a
+        config given as flags, the current directory (as `python -m` would put first)."""
+        if self.path is not None:
+            return str(self.path.parent)
+        return os.getcwd() if self._from_flags else None
+
+
+# For a config built from flags, the flag a key came from: errors found after building it
+# (a warm-up method the runner lacks) point at what the user typed.
+_FLAG_OF: dict[tuple[Any, ...], str] = {
+    ("runner", "args"): "--arg",
+    ("warmup",): "--warmup",
+    ("device",): "--device",
+}
 
 
 def load_config(path: str | Path) -> Config:
@@ -153,6 +232,73 @@ def load_config(path: str | Path) -> Config:
     if config.name is None:
         config.name = path.stem
     return config
+
+
+def is_factory(text: str) -> bool:
+    """`pkg.mod:build` in place of a config file (`run pkg.mod:build --arg k=v`)."""
+    return bool(_FACTORY.match(text))
+
+
+def config_from_flags(factory: str, args: list[str], warmup: list[str]) -> Config:
+    """The config of `run pkg.mod:build --arg k=v --warmup method`, built in memory.
+
+    Each `--arg` value is read as YAML reads a value (`2` an int, `true` a bool, `seed` a
+    string, `'2'` the string "2"), so a one-off run on the command line means what the same
+    line in a config file would. Errors name the flag, since there is no file and line.
+    """
+    if not is_factory(factory):
+        raise ConfigError(f"{factory}: expected a config file or a factory 'module:callable' (e.g. my_runners:build)")
+    values: dict[str, Any] = {}
+    for text in args:
+        key, equals, raw = text.partition("=")
+        key = key.strip()
+        if not equals or not key.isidentifier():
+            raise ConfigError(f"--arg {_shown(text)}: expected KEY=VALUE, KEY a parameter name (e.g. --arg steps=2)")
+        if key in values:
+            raise ConfigError(f"--arg {key}: given twice")
+        values[key] = flag_value(f"--arg {key}", raw)
+    for method in warmup:
+        if not method.isidentifier():
+            raise ConfigError(f"--warmup {_shown(method)}: expected the name of a method of the runner")
+    data = {"name": factory, "runner": {"factory": factory, "args": values}, "warmup": [{"call": m} for m in warmup]}
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:  # not reached by the checks above; kept so no input gets a traceback
+        error = exc.errors(include_url=False)[0]
+        raise ConfigError(f"{factory}: {_dotted(tuple(error['loc']))}: {error['msg']}") from None
+    config._from_flags = True
+    return config
+
+
+def flag_value(flag: str, text: str) -> Any:
+    """A value given on the command line, read as YAML reads a value in a config file."""
+    try:
+        loader = _ConfigLoader(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{flag}: {_flag_yaml_problem(exc)}") from None
+    try:
+        root = loader.get_single_node()
+        if root is None:
+            return None
+        if _duplicate_key(root, loader.construct_object) is not None:
+            raise ConfigError(f"{flag}: a key repeats in {_shown(text)}")
+        return loader.construct_document(root)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{flag}: {_flag_yaml_problem(exc)}") from None
+    finally:
+        loader.dispose()
+
+
+def _flag_yaml_problem(exc: yaml.YAMLError) -> str:
+    if isinstance(exc, yaml.MarkedYAMLError):
+        return f"invalid value: {_one_line(exc.problem or exc.context or 'unreadable YAML')}"
+    return f"invalid value: {_one_line(str(exc))}"
+
+
+def config_schema() -> dict[str, Any]:
+    """The config file's JSON Schema, for editors (yaml-language-server) and CI checks."""
+    schema = Config.model_json_schema()
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema, "title": "leakcheck config"}
 
 
 # A config is a page of YAML (the examples are under 1 KiB); a file past this is the wrong file (a

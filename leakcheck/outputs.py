@@ -13,6 +13,7 @@ import contextlib
 import datetime
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,11 +43,12 @@ def check_writable(option: str, path: Path) -> None:
         os.unlink(probe)
 
 
-def write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str | bytes) -> None:
     """Replace `path` with `text` in one step; on failure the old file is left as it was."""
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
+        binary = isinstance(text, bytes)  # an allocator snapshot (--snapshot) is a pickle
+        with os.fdopen(handle, "wb" if binary else "w", encoding=None if binary else "utf-8") as out:
             out.write(text)
             out.flush()
             os.fsync(out.fileno())
@@ -56,6 +58,24 @@ def write_atomic(path: Path, text: str) -> None:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
         raise
+
+
+SNAPSHOT_PHASES = ("shutdown", "collected")  # where `--snapshot` writes the allocator's snapshot
+
+
+def snapshot_path(path: Path, phase: str, cycle: int = 1) -> Path:
+    """`--snapshot snap.pickle`: `snap.shutdown.pickle` and `snap.collected.pickle`; later
+    cycles of a `cycles: N` run add theirs (`snap.cycle2.shutdown.pickle`)."""
+    suffix = path.suffix or ".pickle"
+    stem = path.name[: -len(path.suffix)] if path.suffix else path.name
+    middle = f".cycle{cycle}" if cycle > 1 else ""
+    return path.with_name(f"{stem}{middle}.{phase}{suffix}")
+
+
+def check_snapshot(path: Path) -> None:
+    """The files `--snapshot` will write can be written (before the runner loads)."""
+    for phase in SNAPSHOT_PHASES:
+        check_writable("--snapshot", snapshot_path(path, phase))
 
 
 def _read_umask() -> int:
@@ -75,29 +95,52 @@ def _file_mode(path: Path) -> int:
         return 0o666 & ~_UMASK
 
 
+STDOUT = "-"  # `--json -`: the report goes to standard output, not to a file
+
+
 @dataclass
 class Outputs:
-    """The report files a run writes (`--json`, `--markdown`), each optional."""
+    """The report files a run writes (`--json`, `--markdown`, `--junit`), each optional."""
 
     json: Path | None = None
     markdown: Path | None = None
+    junit: Path | None = None
+
+    @property
+    def json_to_stdout(self) -> bool:
+        """`--json -`: printed once, when the run ends (never the placeholder)."""
+        return self.json is not None and str(self.json) == STDOUT
+
+    @property
+    def json_file(self) -> Path | None:
+        return None if self.json_to_stdout else self.json
 
     def named(self) -> list[tuple[str, Path]]:
-        return [(option, path) for option, path in (("--json", self.json), ("--markdown", self.markdown)) if path]
+        files = (("--json", self.json_file), ("--markdown", self.markdown), ("--junit", self.junit))
+        return [(option, path) for option, path in files if path]
 
     def check(self) -> None:
         for option, path in self.named():
             check_writable(option, path)
 
-    def write(self, report: Report) -> list[str]:
-        """Write every file; the failures, as one line each (a full disk must not hide the verdict)."""
+    def write(self, report: Report, only: tuple[str, ...] | None = None) -> list[str]:
+        """Write every file (or those of the options in `only`); the failures, as one line each
+        (a full disk must not hide the verdict)."""
         from leakcheck.renderers.json_report import to_json
+        from leakcheck.renderers.junit import to_junit
         from leakcheck.renderers.markdown import to_markdown
 
+        render: dict[str, Callable[[Report], str]] = {
+            "--json": to_json,
+            "--markdown": to_markdown,
+            "--junit": lambda one: to_junit([one]),
+        }
         failures = []
         for option, path in self.named():
+            if only is not None and option not in only:
+                continue
             try:
-                write_atomic(path, to_json(report) if option == "--json" else to_markdown(report))
+                write_atomic(path, render[option](report))
             except OSError as exc:
                 failures.append(f"{option}: cannot write {path}: {exc.strerror or exc}")
         return failures

@@ -20,6 +20,14 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   "${pip[@]}" install ${LEAKCHECK_TORCH_INDEX:+--index-url "$LEAKCHECK_TORCH_INDEX"} "${LEAKCHECK_TORCH:-torch==2.13.0}"
 fi
 
+# The distribution was called `leakcheck` before it became leakcheck-gpu (`leakcheck` is another
+# project on PyPI). An editable install of this checkout under the old name would leave a second
+# copy of the same command and pytest plugin: remove it (only if it points here).
+old_install="$(.venv/bin/python -m pip show leakcheck 2>/dev/null || true)"  # captured: grep -q would cut pip's pipe
+if grep -qx "Editable project location: $(pwd)" <<<"$old_install"; then
+  "${pip[@]}" uninstall -y leakcheck
+fi
+
 target="."
 if [ "${1:-}" = "--test" ]; then
   target=".[test]"

@@ -64,6 +64,24 @@ def assert_paths_resolve(result: Audit, runner: object) -> int:
     return checked
 
 
+@pytest.fixture(autouse=True)
+def no_github_step_summary(monkeypatch):
+    """A suite run inside GitHub Actions must not append every test's report to the job's
+    summary: only the tests that set GITHUB_STEP_SUMMARY themselves get one."""
+    monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
+
+
+@pytest.fixture
+def fresh_rope_registry():
+    """For tests that run the MRV2 example in this process: its module-level `_ROPE_DICT`,
+    filled by an earlier run, would otherwise be part of the next run's baseline."""
+    from leakcheck.examples import mrv2
+
+    mrv2._ROPE_DICT.clear()
+    yield
+    mrv2._ROPE_DICT.clear()
+
+
 @pytest.fixture
 def baseline():
     """Storages alive before the test: leftovers of other tests never count."""

@@ -24,12 +24,7 @@ WRAPPERS = ["runner.model_state", "runner.speculator", "runner.pooling_runner", 
 LEAKING = WRAPPERS + ["runner.intermediate_tensors", "runner.encoder_cache", "leakcheck.examples.mrv2._ROPE_DICT"]
 
 
-@pytest.fixture(autouse=True)
-def fresh_rope_registry():
-    """Runs share this process: a registry filled by an earlier run would be part of the baseline."""
-    mrv2._ROPE_DICT.clear()
-    yield
-    mrv2._ROPE_DICT.clear()
+pytestmark = pytest.mark.usefixtures("fresh_rope_registry")
 
 
 def invoke(*args: str):
@@ -229,7 +224,7 @@ def test_version():
 def test_show_renders_a_saved_report(tmp_path):
     code, report, output = run_json(tmp_path, SEED)
     shown = CliRunner().invoke(app, ["show", str(tmp_path / "report.json")])
-    assert shown.exit_code == 0
+    assert shown.exit_code == 1  # the report's own exit code: it failed the gate
     for text in ("FAIL", "runner.model_state", "What shutdown() must release", "del self.speculator"):
         assert text in shown.output
 
@@ -247,7 +242,7 @@ def test_show_renders_a_recorded_cuda_report():
     """A report recorded on an H200: the CUDA sections render from JSON alone."""
     recorded = Path(__file__).parent / "fixtures" / "h200-hf-llama-seed.report.json"
     shown = CliRunner().invoke(app, ["show", str(recorded)], env={"COLUMNS": "150"})
-    assert shown.exit_code == 0, shown.output
+    assert shown.exit_code == 1, shown.output  # a failing report
     for text in (
         "NVIDIA H200",
         "Where the leaked bytes were allocated",
@@ -274,6 +269,6 @@ def test_markdown_summary_for_a_pull_request(tmp_path):
 def test_show_markdown_of_a_recorded_cuda_report():
     recorded = Path(__file__).parent / "fixtures" / "h200-hf-llama-seed.report.json"
     shown = CliRunner().invoke(app, ["show", str(recorded), "--markdown"])
-    assert shown.exit_code == 0
+    assert shown.exit_code == 1  # a failing report
     assert "| phase | NVML process | torch allocated | torch reserved | RSS |" in shown.output
     assert "| `hf_llama.py:75 in load_model` | 297 MiB |" in shown.output

@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from leakcheck.cli import app
 from leakcheck.config import ConfigError, load_config
+from leakcheck.renderers.progress import PREFIX as PROGRESS
 
 RUNNER_MODULE = """
 import torch
@@ -55,7 +56,7 @@ def one_line_error(result) -> str:
     assert result.exit_code == 2, result.output
     text = result.stderr.strip() if result.stderr else result.output.strip()
     assert "Traceback" not in result.output
-    lines = text.splitlines()
+    lines = [line for line in text.splitlines() if not line.startswith(PROGRESS)]  # progress is no error
     assert len(lines) == 1, text
     return lines[0]
 
@@ -66,7 +67,7 @@ CASES = [
         GOOD.replace("name: good", "name: good\ndevcie: cpu"),
         2,
         "unknown key 'devcie' in the top level "
-        "(allowed: name, device, runner, warmup, cycles, history, timeout, isolate, gate)",
+        "(allowed: name, device, runner, warmup, cycles, history, timeout, isolate, gate, distributed)",
     ),
     (
         "unknown nested key",

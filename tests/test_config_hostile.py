@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from leakcheck.cli import app
 from leakcheck.config import MAX_CONFIG_BYTES, MAX_NESTING, load_config
+from leakcheck.renderers.progress import PREFIX as PROGRESS
 
 # A runner that takes any arguments and keeps them, so what the factory received can be checked.
 RUNNER_MODULE = """
@@ -49,7 +50,7 @@ def one_line_error(result) -> str:
     """The single error line, without its 'leakcheck: error: ' prefix."""
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output
-    lines = (result.stderr or result.output).strip().splitlines()
+    lines = [line for line in (result.stderr or result.output).strip().splitlines() if not line.startswith(PROGRESS)]
     assert len(lines) == 1, lines
     assert lines[0].startswith("leakcheck: error: "), lines[0]
     return lines[0][len("leakcheck: error: ") :]
@@ -192,10 +193,12 @@ def test_forbidden_character_is_shown_escaped_with_its_line(tmp_path, content, e
 # --- what the path points at -------------------------------------------------------------------
 
 
-def test_directory(tmp_path):
+def test_directory_without_configs(tmp_path):
+    """A folder is a list of configs (`run configs/`); one with none in it is the user's mistake."""
     (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "notes.txt").write_text("not a config")
     error = one_line_error(run_cli(str(tmp_path / "configs")))
-    assert error == f"{tmp_path / 'configs'}/: is a directory, not a config file"
+    assert error == f"{tmp_path / 'configs'}: no *.yaml or *.yml config files in this folder"
 
 
 def test_missing_file_keeps_its_message(tmp_path):

@@ -194,34 +194,12 @@ def _frames(raw: Iterable[dict] | None) -> list[Frame]:
 
 
 def start_history(max_entries: int = HISTORY_ENTRIES) -> str | None:
-    """Record the allocation stack of every live block from now on; returns why not, or None.
-
-    `enabled="state"` keeps a stack per live block and no event history, so snapshots stay
-    cheap however long the runner runs; Python stacks only. Older torch (< 2.1) offers only
-    the `enabled=True` form, with a bounded history.
-    """
-    record = getattr(torch.cuda.memory, "_record_memory_history", None)
-    if record is None:
-        return f"torch {torch.__version__} cannot record allocation history"
-    try:
-        record(enabled="state", context="alloc", stacks="python", max_entries=max_entries)
-    except TypeError:
-        try:
-            record(True, trace_alloc_max_entries=max_entries, trace_alloc_record_context=True)
-        except Exception as exc:  # pragma: no cover - very old torch
-            return f"allocation history unavailable: {exc}"
-    except RuntimeError as exc:
-        return f"allocation history unavailable: {exc}"
-    return None
+    """Record the allocation stack of every live block from now on; returns why not, or None."""
+    return torch_internals.record_allocator_history(max_entries)
 
 
 def stop_history() -> None:
-    record = getattr(torch.cuda.memory, "_record_memory_history", None)
-    if record is not None:
-        try:
-            record(enabled=None)
-        except TypeError:  # pragma: no cover - very old torch
-            record(False)
+    torch_internals.stop_allocator_history()
 
 
 _LIBRARY_DIRS = tuple(

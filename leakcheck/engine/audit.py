@@ -21,9 +21,10 @@ from leakcheck.engine.inventory import (
     add_cpp_held,
     add_pools,
     add_storages,
-    known_cpp_states,
     own_cpp_held,
+    known_cpp_states,
 )
+from leakcheck.engine.process_groups import add_process_groups, append_process_groups, own_process_groups
 from leakcheck.engine.owners import Holder, Leaked, Ownership, effective_owners, find_owners, one_per_release
 from leakcheck.engine.release import NO_RELEASE, PlannedRelease, Release, ReleasePlan
 from leakcheck.engine.roots import capture_live_frames, frame_references, index_roots
@@ -31,6 +32,7 @@ from leakcheck.engine.seen_storages import SeenStorages, made_by_leakcheck
 from leakcheck.engine.survivors import CollectableWatch, storage_key
 from leakcheck.engine.tensors import Baseline, hidden_edges, normalize_device, tensor_nodes
 from leakcheck.report.model import FREED_BY_COLLECTOR, Audit, Owner, SharedHold, Site, Storage
+from leakcheck.report.keys import holder_key
 
 Progress = Callable[[str], None]
 
@@ -45,6 +47,7 @@ def audit(
     pool_types: tuple[type, ...] | None = None,
     progress: Progress | None = None,
     seen: SeenStorages | None = None,
+    barriers: tuple[object, ...] = (),
 ) -> Audit:
     """Find every storage and memory pool alive on `device` and attribute it to its holders.
 
@@ -58,6 +61,8 @@ def audit(
         and MemPools); their `pool()` or `id` names the pool.
     seen: storages watched since the runner was built (`seen_storages.take_snapshot`); those
         still alive that no Python tensor reaches are reported as `cpp_held`.
+    barriers: objects the walk does not pass through (a test runner's session and config):
+        their references name no holder, and what only they reach is reported unattributed.
 
     Storages held only by reference cycles are reported as `cycle` owners, which
     `gc.collect()` frees; the audit finds them without collecting (`audit_watching` also
@@ -72,6 +77,7 @@ def audit(
         pool_types=pool_types,
         progress=progress,
         seen=seen,
+        barriers=barriers,
     )[0]
 
 
@@ -86,6 +92,7 @@ def audit_watching(
     progress: Progress | None = None,
     plan: ReleasePlan | None = None,
     seen: SeenStorages | None = None,
+    barriers: tuple[object, ...] = (),
 ) -> tuple[Audit, CollectableWatch]:
     """`audit()`, and weak references to every storage it judged collectable.
 
@@ -117,10 +124,12 @@ def audit_watching(
         extra_edges = hidden_edges(objects, nodes)
         types.extend(objects[known:])
         nodes = np.concatenate([nodes, known + tensor_nodes(objects[known:])])  # also autograd nodes came
+        group_nodes = append_process_groups(objects, types)  # not gc-tracked: from torch's registry
         inventory = Inventory()
         add_storages(inventory, objects, nodes, device, exclude, pinned=on_cuda)
         if pool_types:
             add_pools(inventory, objects, types.nodes(lambda t: issubclass(t, pool_types)), exclude)
+        add_process_groups(inventory, objects, group_nodes, device, exclude)
         first_cpp_held = add_cpp_held(inventory, seen, exclude) if seen is not None else len(inventory.items)
         del nodes
         graph = build_graph(objects, extra_edges + frame_references(frames), types)
@@ -133,7 +142,7 @@ def audit_watching(
             timings["allocator_s"] = time.perf_counter() - captured
         leaked = inventory.weigh(allocator)
         say(f"attributing {leaked.count:,} storages over {graph.size:,} objects")
-        roots = index_roots(graph, runner, frames, barriers=(frames,))
+        roots = index_roots(graph, runner, frames, barriers=(frames, *barriers))
         # cpp_held items have no heap node: owners are found for the others, then given theirs.
         on_heap = Leaked(nodes=leaked.nodes, storage=leaked.storage, nbytes=leaked.nbytes[:first_cpp_held])
         ownership = find_owners(
@@ -146,6 +155,7 @@ def audit_watching(
         del on_heap
         own_cpp_held(ownership, inventory.items, first_cpp_held)
         one_per_release(ownership)
+        own_process_groups(ownership, inventory.items, leaked, graph.objects)
         result, collectable = _summarize(device, leaked, inventory.items, ownership, graph.size, graph.edges, baseline)
         watch = _watch(collectable, leaked, graph.objects)
         if plan is not None:
@@ -267,6 +277,12 @@ def _summarize(
             fix=h.handle.fix,
             evaluable=all(ev for _, _, ev in h.examples),
             pinned_bytes=pinned[i],
+            key=holder_key(
+                h.handle.path,
+                h.handle.kind,
+                [text for _, text, _ in h.examples],
+                (items[s].allocated_at for s in h.storages),  # read only for a generated pseudo-holder
+            ),
         )
         for i, h in enumerate(holders)
         if pins_something(h)

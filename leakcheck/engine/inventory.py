@@ -29,6 +29,7 @@ TENSOR = "tensor"
 GRAPH_POOL = "graph_pool"
 MEM_POOL = "mem_pool"
 CPP_HELD = "cpp_held"  # a storage alive with no Python tensor: C++ holds it (see seen_storages.py)
+PROCESS_GROUP = "process_group"  # a live torch.distributed group (see process_groups.py): 0 bytes, still a leak
 POOL_KINDS = (GRAPH_POOL, MEM_POOL)
 
 
@@ -36,7 +37,7 @@ POOL_KINDS = (GRAPH_POOL, MEM_POOL)
 class Item:
     """One block of memory on the heap: a storage (however many tensors view it) or a pool."""
 
-    kind: str  # tensor | graph_pool | mem_pool | cpp_held
+    kind: str  # tensor | graph_pool | mem_pool | cpp_held | process_group
     device: str
     address: int  # a storage's data pointer (0 for pools and for unreadable storages)
     nbytes: int  # a pool's: what it reserves beyond the leaked tensors inside it (see `weigh`)
@@ -92,7 +93,9 @@ class Inventory:
         by_block: dict[int, Any] = {}  # block address -> Item
         for item in self.items:
             item.reserved = item.nbytes
-            block = allocator.block_at(item.address) if allocator and not item.is_pool else None
+            # A process group's address is its Python object's, not a device block's.
+            reads_block = not item.is_pool and item.kind != PROCESS_GROUP
+            block = allocator.block_at(item.address) if allocator and reads_block else None
             if block is not None and not item.pinned:
                 # A cpp_held storage names no pool: a storage report with a pool that is
                 # not a tensor reads as the pool's owner (reconcile.py).

@@ -27,6 +27,10 @@ class CollectableWatch:
     def add(self, storage: Storage, holder: object) -> None:
         """`holder` is a tensor of the storage, or a CUDA graph or MemPool for a pool."""
         checks = self.alive.setdefault(storage_key(storage), [])
+        if storage.kind == "process_group":  # alive while torch's registry holds it: destroyed is gone
+            group = weakref.ref(holder)
+            checks.append(lambda group=group: torch_internals.process_group_live(group()))  # type: ignore[misc]
+            return
         if storage.kind == "tensor" and not storage.unknown:
             ref = torch_internals.storage_weak_ref(holder)
             if ref is not None:

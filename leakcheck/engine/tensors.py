@@ -356,6 +356,9 @@ class Baseline:
     device: str
     tensors: list[weakref.ref] = field(default_factory=list)
     pools: list[weakref.ref] = field(default_factory=list)
+    # Process groups torch's registry held at baseline (leakcheck's own default group, when
+    # it joined one for `--nproc`): the process's, not the runner's.
+    process_groups: list[weakref.ref] = field(default_factory=list)
     storages: int = 0
     bytes: int = 0
 
@@ -371,7 +374,17 @@ class Baseline:
             pool = ti.pool_id(holder) if holder is not None else None
             if pool is not None:
                 keys.add(("pool", pool))
+        for ref in self.process_groups:
+            group = ref()
+            if group is not None:
+                keys.add(process_group_key(group))
         return keys
+
+
+def process_group_key(group: object) -> tuple:
+    """An inventory key for a process group: its identity, only ever compared while a strong or
+    weak reference keeps the group alive (so the address cannot have been reused)."""
+    return ("process_group", id(group))
 
 
 def _belongs(read: StorageRead, device: str, on_cuda: bool) -> bool:
@@ -413,6 +426,12 @@ def take_baseline(device: str) -> Baseline:
                 baseline.pools.append(weakref.ref(objects[node]))
             except TypeError:
                 continue
+    for group in ti.live_process_groups():
+        try:
+            baseline.process_groups.append(weakref.ref(group))
+        except TypeError:
+            continue
+    group = None
     tensor = None
     del objects
     return baseline

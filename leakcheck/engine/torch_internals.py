@@ -18,7 +18,16 @@ from typing import SupportsInt, cast
 
 import torch
 
-from leakcheck.engine.safe_read import MISSING, cached_fact, class_lookup, is_subtype, mro
+from leakcheck.engine.safe_read import (
+    MISSING,
+    cached_fact,
+    class_lookup,
+    instance_dict,
+    is_subtype,
+    module_namespace,
+    mro,
+    str_entry,
+)
 
 # The C base of torch.Tensor: its descriptors read the TensorImpl directly.
 TENSOR_BASE = cast(type, getattr(torch._C, "TensorBase", None) or getattr(torch._C, "_TensorBase", torch.Tensor))
@@ -533,3 +542,145 @@ def autograd_step(holder: object, held: object) -> str | None:
         if reference.held is held:
             return reference.step
     return None
+
+
+def record_allocator_history(max_entries: int, events: bool = False) -> str | None:
+    """From now on, record the allocation stack (Python frames) of every CUDA block; returns
+    why it cannot, or None. It records on the host as the runner allocates and allocates
+    nothing on the device. No public API records this.
+
+    events=False (`enabled="state"`): a stack per live block and no event trace, so snapshots
+    stay cheap however long the runner runs: allocation sites. events=True (`enabled="all"`):
+    every allocation and free too, the trace PyTorch's memory_viz draws (`--snapshot`).
+    Older torch (< 2.1) offers only the `enabled=True` form, with a bounded history.
+    """
+    record = getattr(torch.cuda.memory, "_record_memory_history", None)
+    if record is None:
+        return f"torch {torch.__version__} cannot record allocation history"
+    try:
+        if events:
+            record(enabled="all", context="all", stacks="python", max_entries=max_entries)
+        else:
+            record(enabled="state", context="alloc", stacks="python", max_entries=max_entries)
+    except TypeError:
+        try:
+            record(True, trace_alloc_max_entries=max_entries, trace_alloc_record_context=True)
+        except Exception as exc:  # pragma: no cover - very old torch
+            return f"allocation history unavailable in torch {torch.__version__}: {exc}"
+    except RuntimeError as exc:
+        return f"allocation history unavailable: {exc}"
+    return None
+
+
+def stop_allocator_history() -> None:
+    record = getattr(torch.cuda.memory, "_record_memory_history", None)
+    if record is not None:
+        try:
+            record(enabled=None)
+        except TypeError:  # pragma: no cover - very old torch
+            record(False)
+
+
+def allocator_snapshot_pickle() -> bytes:
+    """The allocator's snapshot with its recorded history, pickled as
+    `torch.cuda.memory._dump_snapshot` writes it (what memory_viz opens); read on the host.
+    Public fallback: the segments alone (`torch.cuda.memory_snapshot()`), with no history."""
+    import pickle
+
+    take = getattr(torch.cuda.memory, "_snapshot", None)
+    snapshot = take() if take is not None else {"segments": torch.cuda.memory_snapshot(), "device_traces": []}
+    return pickle.dumps(snapshot)
+
+
+# --- process groups (engine/process_groups.py) --------------------------------------------------
+# torch.distributed keeps every group it created in module-level maps of distributed_c10d
+# (`_pg_map` and its siblings; older torch kept them on the `_world` object). A ProcessGroup
+# is a pybind11 object the cyclic collector does not track, so gc.get_objects() never lists
+# it: the registry is where the audit finds the live ones. The registry is read from the
+# module's and the `_world` object's own dicts, never through `_world.pg_map` (a property).
+
+_C10D = "torch.distributed.distributed_c10d"
+
+
+def _registry_map() -> dict | None:
+    """torch's map of live groups (group -> (backend, store)), or None where torch.distributed
+    was never imported in this process (nothing to find, nothing imported to find it)."""
+    import sys
+
+    namespace = module_namespace(sys.modules.get(_C10D))
+    if namespace is None:
+        return None
+    found = str_entry(namespace, "_pg_map")
+    if type(found) is dict:
+        return found
+    world = str_entry(namespace, "_world")
+    world_dict = instance_dict(world) if world is not MISSING else None
+    if world_dict is not None:
+        found = str_entry(world_dict, "_pg_map")
+        if type(found) is dict:
+            return found
+    return None
+
+
+def live_process_groups() -> list[object]:
+    """Every process group torch's registry holds now: created by `init_process_group` or
+    `new_group` and not yet destroyed by `destroy_process_group`. Empty without the registry."""
+    registry = _registry_map()
+    if registry is None:
+        return []
+    try:
+        return list(registry)
+    except Exception:  # changed size while read (another thread): read again next audit
+        return []
+
+
+def process_group_live(group: object) -> bool:
+    """Whether `group` is still in torch's registry (not destroyed). A dead weak reference
+    (None) is no live group."""
+    if group is None:
+        return False
+    registry = _registry_map()
+    return registry is not None and any(key is group for key in list(registry))
+
+
+@dataclass(frozen=True)
+class GroupFacts:
+    """What the report says about one process group, read from the registry and the
+    group's C++ accessors (no Python subclass code runs)."""
+
+    name: str
+    backend: str
+    size: int | None
+    rank: int | None
+    default: bool
+
+
+def process_group_facts(group: object) -> GroupFacts:
+    """The group's name, backend, size and this process's rank in it; '?'/None where unreadable."""
+    import sys
+
+    backend = "?"
+    registry = _registry_map()
+    entry = None
+    if registry is not None:
+        entry = next((value for key, value in list(registry.items()) if key is group), None)
+    if type(entry) is tuple and entry and type(entry[0]) is str:
+        backend = entry[0]
+    namespace = module_namespace(sys.modules.get(_C10D))
+    base = str_entry(namespace, "ProcessGroup") if namespace is not None else MISSING
+    name, size, rank = "?", None, None
+    if isinstance(base, type) and is_subtype(type(group), base):
+        name = _read_group(lambda: str(base.group_name.__get__(group, base)), "?")  # type: ignore[attr-defined]
+        size = _read_group(lambda: int(base.size(group)), None)  # type: ignore[attr-defined]
+        rank = _read_group(lambda: int(base.rank(group)), None)  # type: ignore[attr-defined]
+    world = str_entry(namespace, "_world") if namespace is not None else MISSING
+    world_dict = instance_dict(world) if world is not MISSING else None
+    default_group = str_entry(world_dict, "_default_pg") if world_dict is not None else MISSING
+    return GroupFacts(name=name, backend=backend, size=size, rank=rank, default=default_group is group)
+
+
+def _read_group(read, fallback):
+    try:
+        return read()
+    except Exception:
+        return fallback

@@ -246,7 +246,7 @@ class GPUModelRunner:
 
     def _shutdown_as_merged(self) -> None:
         """The shutdown() of PR #41297 as first written."""
-        _synchronize(self.device)
+        synchronize(self.device)
         if hasattr(self, "kv_caches"):
             self.kv_caches.clear()
         if hasattr(self, "attn_groups"):
@@ -257,11 +257,11 @@ class GPUModelRunner:
         if hasattr(self, "model"):
             del self.model
         gc.collect()
-        _empty_cache(self.device)
+        empty_cache(self.device)
 
     def _shutdown_fixed(self) -> None:
         """Drop the wrappers and buffers first, so that deleting the model drops the last reference."""
-        _synchronize(self.device)
+        synchronize(self.device)
         for name in (
             "kv_caches",
             "attn_groups",
@@ -280,15 +280,15 @@ class GPUModelRunner:
             del self.model
         _ROPE_DICT.clear()
         gc.collect()
-        _empty_cache(self.device)
+        empty_cache(self.device)
 
 
-def _synchronize(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def _empty_cache(device: torch.device) -> None:
+def empty_cache(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.empty_cache()
 

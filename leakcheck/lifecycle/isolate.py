@@ -36,7 +36,8 @@ from leakcheck.config import Config
 from leakcheck.lifecycle.limits import REAL_EXIT, backstop_grace, seconds, stuck_location
 from leakcheck.lifecycle.record import Event, Lifecycle, journal_events
 from leakcheck.lifecycle.stops import Stop, stop_signals_to
-from leakcheck.outputs import RUNNING, closing_line, placeholder_error, write_atomic
+from leakcheck.outputs import RUNNING, placeholder_error, write_atomic
+from leakcheck.present import present
 from leakcheck.report.model import Report, RunError
 
 if TYPE_CHECKING:
@@ -71,9 +72,11 @@ class ChildRun:
     process: subprocess.Popen[bytes]
     work: Path
     wants_markdown: bool
+    quiet: bool = False  # --quiet: no progress
     events: list[Event] = field(default_factory=list)
     stop: Stop | None = None
     hung: bool = False
+    report: Report | None = None  # what the run came to, once finished (for `run a.yaml b.yaml`'s summary)
     _offset: int = 0
     _phase_started: float = 0.0
     _stop_sent: float | None = None
@@ -91,14 +94,17 @@ class ChildRun:
         return self.work / "summary.md"
 
     @classmethod
-    def start(cls, config: Config, request: RunRequest, work: Path) -> ChildRun:
-        config_path = config.path or request.config_path.resolve()
+    def start(cls, config: Config, request: RunRequest, work: Path, gpu: str | None = None) -> ChildRun:
+        """gpu: the one CUDA_VISIBLE_DEVICES entry the child sees (`run --jobs`), None: the parent's."""
+        config_path = config.path or request.config_path  # a factory (`run pkg.mod:build`) as typed
         argv = [sys.executable, "-m", "leakcheck", "run", str(config_path)]
         argv += ["--json", str(work / "report.json"), "--journal", str(work / "journal.jsonl")]
         if request.outputs.markdown is not None:
             argv += ["--markdown", str(work / "summary.md")]
         argv += request.argv
         env = dict(os.environ)
+        if gpu is not None:
+            env["CUDA_VISIBLE_DEVICES"] = gpu
         package_root = str(Path(__file__).resolve().parents[2])  # the same leakcheck as this process
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
         process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
@@ -107,16 +113,27 @@ class ChildRun:
             start_new_session=True,  # Ctrl-C reaches the parent only, which passes it on once
             preexec_fn=_die_with_parent(),  # noqa: PLW1509 - the parent has no threads yet
         )
-        return cls(process=process, work=work, wants_markdown=request.outputs.markdown is not None)
+        wants_markdown = request.outputs.markdown is not None
+        return cls(process=process, work=work, wants_markdown=wants_markdown, quiet=request.flags.quiet)
 
     def wait(self) -> None:
         """Until the child ends: pass signals on, follow its journal, kill it if it hangs."""
-        with _signals_passed_on(self), _spinner() as say:
+        with _signals_passed_on(self), _spinner(self.quiet) as say:
             while self.process.poll() is None:
                 self._read_journal(say)
                 self._kill_if_hung()
                 time.sleep(POLL_S)
         self._read_journal(lambda _message: None)
+
+    def follow(self, say: Any) -> bool:
+        """One look at a child among several (`run --jobs`): its new journal lines, and a kill if it
+        hangs. False once it has ended, with its journal read to the end."""
+        if self.process.poll() is not None:
+            self._read_journal(lambda _message: None)
+            return False
+        self._read_journal(say)
+        self._kill_if_hung()
+        return True
 
     def _read_journal(self, say: Any) -> None:
         try:
@@ -186,11 +203,11 @@ def _signals_passed_on(child: ChildRun) -> contextlib.AbstractContextManager[Non
 
 
 @contextlib.contextmanager
-def _spinner() -> Iterator[Any]:
-    from rich.console import Console
+def _spinner(quiet: bool) -> Iterator[Any]:
+    from leakcheck.renderers.progress import progress
 
-    with Console(stderr=True).status("starting the runner's process", spinner="dots") as status:
-        yield lambda message: status.update(f"{message} (isolated)")
+    with progress("starting the runner's process", quiet=quiet, suffix=" (isolated)") as say:
+        yield say
 
 
 def _die_with_parent() -> Any:
@@ -217,9 +234,10 @@ def _finish(config: Config, request: RunRequest, child: ChildRun) -> int:
     rc = child.process.returncode
     report = None if child.hung else _final_report(child.report_path)
     if report is not None:
-        failures = _copy(child.report_path, request.outputs.json) + (
+        failures = _copy(child.report_path, request.outputs.json_file) + (
             _copy(child.markdown_path, request.outputs.markdown) if child.wants_markdown else []
         )
+        failures += request.outputs.write(report, only=("--junit",))  # the child writes no XML
         code = rc if rc in KNOWN_EXITS else exit_code(report)
         if code == 0 and report.verdict != "pass":
             code = exit_code(report)
@@ -229,14 +247,13 @@ def _finish(config: Config, request: RunRequest, child: ChildRun) -> int:
         report = build_report(config, lifecycle, request.max_leaked_bytes, request.max_nvml_growth_bytes)
         failures = request.outputs.write(report)
         code = child.stop.exit_code if child.stop is not None else cli.EXIT_ERROR
+    config_error = report.error is not None and report.error.phase == "config"  # the child printed its line
+    picture = cli.draw_graph(report, None if config_error else request.graph)  # --graph: drawn here, not in the child
+    failures += picture.failures
     if failures and code == 0:
         code = cli.EXIT_USAGE
-    if report.error is not None and report.error.phase == "config":
-        return code  # the child printed the one line already
-    cli.show(report, cli._report_console(), request.verbose)
-    line = closing_line(report, request.outputs.json)
-    for message in [*failures, *([line] if line else [])]:
-        cli._say(message)
+    child.report = report
+    present(report, request.outputs, request.flags, failures + picture.notes, config_error=config_error)
     return code
 
 

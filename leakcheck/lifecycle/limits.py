@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any, NoReturn
 
-from leakcheck.config import ConfigError
+from leakcheck.config_error import ConfigError
 from leakcheck.lifecycle.errors import LeakcheckStop, RunnerExit, describe, type_name
 from leakcheck.report.model import RunError
 

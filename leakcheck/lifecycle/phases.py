@@ -23,13 +23,16 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from leakcheck.config import Config, ConfigError
-from leakcheck.engine.allocator import AllocatorState, start_history, stop_history
+from leakcheck.distributed.group import join_launched_group, rank_arguments
+from leakcheck.engine import torch_internals
 from leakcheck.engine.libraries import mark_user_code
+from leakcheck.engine.allocator import HISTORY_ENTRIES, AllocatorState, start_history, stop_history
 from leakcheck.engine.audit import audit_watching
 from leakcheck.engine.survivors import CollectableWatch, storage_key
 from leakcheck.engine.import_time import import_time, loaded_modules
@@ -47,7 +50,9 @@ from leakcheck.lifecycle.limits import (
     exits_contained,
 )
 from leakcheck.lifecycle.record import Lifecycle
+from leakcheck.lifecycle.source_line import method_source
 from leakcheck.lifecycle.stops import raise_if_requested
+from leakcheck.outputs import snapshot_path, write_atomic
 from leakcheck.probes import MemoryProbes
 from leakcheck.report.model import CYCLE, FREED_BY_COLLECTOR, Audit, Reconciliation, RunError, SharedHold, Storage
 
@@ -87,7 +92,7 @@ def load_factory(config: Config) -> Callable[..., Any]:
     """Import `module:callable` with the config's folder first on sys.path."""
     spec = config.runner.factory
     module_name, _, attr_path = spec.partition(":")
-    folder = str(config.path.parent) if config.path else None
+    folder = config.import_folder
     if folder and folder not in sys.path:
         sys.path.insert(0, folder)
     where = config.where("runner", "factory")
@@ -160,6 +165,7 @@ def _factory_kwargs(factory: Callable[..., Any], args: dict[str, Any], device: s
             takes_device = False
         if takes_device:
             kwargs["device"] = device
+    kwargs.update(rank_arguments(factory, kwargs))  # a rank of `--nproc`: rank and world_size
     return kwargs
 
 
@@ -170,6 +176,7 @@ def run_lifecycle(
     into: Lifecycle | None = None,
     on_abandon: Abandon | None = None,
     prove: bool = False,
+    snapshot: Path | None = None,
 ) -> Lifecycle:
     """Run every phase of `config` (`cycles` times) and audit what each shutdown() left behind.
 
@@ -185,6 +192,9 @@ def run_lifecycle(
     prove: after everything is measured, run the last audit's suggested lines and measure
         what each frees (see `lifecycle/prove.py`). It mutates the runner and the modules it
         names, so it is off unless asked for (the CLI asks by default).
+    snapshot: `--snapshot`: on CUDA, record every allocator event from before `baseline` and
+        write the allocator's snapshot at `shutdown` and at `collected` (outputs.snapshot_path);
+        on the CPU, a note.
     """
     say = progress or (lambda _message: None)
     result = into if into is not None else Lifecycle(device=config.device)
@@ -200,6 +210,8 @@ def run_lifecycle(
             result.set_environment(name, value)
         say(f"initialising {device}")
         _initialise(device)
+        for key, number in join_launched_group(device, config.timeout.load, result.note).items():
+            result.set_environment(key, number)  # a rank of `--nproc`: the default group, before baseline
         probes = MemoryProbes.for_device(device)
         if probes.nvml and probes.nvml.name:
             result.set_environment("gpu", probes.nvml.name)
@@ -207,8 +219,9 @@ def run_lifecycle(
             why = start_history()
             if why:
                 result.note(why)
-        elif on_cuda:
+        elif on_cuda and snapshot is None:
             result.note("allocation history is off (history: false): no allocation sites")
+        snapshot = _start_snapshots(snapshot, on_cuda, result)
         abandon = _abandoner(result, probes, on_abandon)
         before_import, modules = take_baseline(device), loaded_modules()
         imported = _import_runner(config, result, say, abandon)
@@ -227,6 +240,7 @@ def run_lifecycle(
                 result.set_import_time(import_time(before_import, baseline, modules))
                 del before_import
             runner = _one_cycle(config, device, cycle, probes, result, say, abandon, imported, seen=seen)
+            _write_snapshot(snapshot, "shutdown", cycle, result, say)
             if runner is not None:
                 runners.append(runner)
                 result.set_environment("runner", type_name(type(runner)))
@@ -244,6 +258,7 @@ def run_lifecycle(
             if on_cuda:
                 torch.cuda.empty_cache()
             result.add_sample(probes.sample("collected", cycle))
+            _write_snapshot(snapshot, "collected", cycle, result, say)
             _died_in_collection(plan, result)
             _recheck_collected(watch, runner, device, baseline, cycle, result, say, plan, seen=seen)
             del runner, baseline, watch, seen
@@ -260,7 +275,7 @@ def run_lifecycle(
             reconciliation, workspaces = _reconcile(device, result)
             result.set_reconciliation(reconciliation)
             _split_cycles(states, workspaces, result)
-            if config.history:
+            if config.history or snapshot is not None:
                 stop_history()
         if prove:
             _prove(plan, config, device, probes, result, say)
@@ -269,6 +284,40 @@ def run_lifecycle(
             result.note(note)
         del runners, states
     return result
+
+
+def _start_snapshots(path: Path | None, on_cuda: bool, result: Lifecycle) -> Path | None:
+    """`--snapshot`: record the allocator's events from here, before `baseline`; the path to
+    write to, or None (with a note) where no snapshot can be taken."""
+    if path is None:
+        return None
+    if not on_cuda:
+        result.note("--snapshot: allocator snapshots need CUDA; this run is on the CPU, so none was written")
+        return None
+    why = torch_internals.record_allocator_history(HISTORY_ENTRIES, events=True)
+    if why:
+        result.note(f"--snapshot: {why}; no snapshot was written")
+        return None
+    return path
+
+
+def _write_snapshot(path: Path | None, phase: str, cycle: int, result: Lifecycle, say: Progress) -> None:
+    """The allocator's snapshot and history, as memory_viz opens it; read on the host, so it
+    allocates nothing on the device. Taken outside the heap audit, which it cannot disturb:
+    the snapshot's objects are gone before the audit starts."""
+    if path is None:
+        return
+    target = snapshot_path(path, phase, cycle)
+    say(f"writing the allocator snapshot at {phase}")
+    started = time.perf_counter()
+    try:
+        write_atomic(target, torch_internals.allocator_snapshot_pickle())
+    except Exception as exc:  # noqa: BLE001 - a snapshot lost is a note, never the run
+        result.note(f"--snapshot: could not write {target}: {type(exc).__name__}: {exc}")
+        return
+    result.set_timing("snapshot_s", result.timings.get("snapshot_s", 0.0) + time.perf_counter() - started)
+    when = phase + (f" of cycle {cycle}" if cycle > 1 else "")
+    result.note(f"--snapshot: the allocator at {when} is in {target} (open it at https://pytorch.org/memory_viz)")
 
 
 @dataclass
@@ -536,6 +585,10 @@ def _one_cycle(
     if runner is None:
         result.add_sample(probes.sample("shutdown", cycle))
         return None
+    if result.shutdown_source is None:
+        source = method_source(runner, config.runner.shutdown)
+        if source is not None:
+            result.set_shutdown_source(*source)
 
     result.enter("warmup", cycle, limits.warmup)
     started = time.perf_counter()

@@ -42,6 +42,7 @@ from leakcheck.report.model import (
     ProofStep,
     Storage,
 )
+from leakcheck.report.model import PROCESS_GROUP as PROCESS_GROUP_OWNER
 from leakcheck.sizes import format_bytes
 
 Progress = Callable[[str], None]
@@ -177,6 +178,7 @@ def prove_release(
                 "(the audit expected them at another line, or at none)"
             )
     _judge_owners(owners, lines, not_tried, counted, dead_at, gone_before)
+    _judge_groups(owners, lines, counted, dead_at, proof, before.nvml_process_bytes)
     return proof
 
 
@@ -318,6 +320,37 @@ def _judge_owners(
                 f"claimed but not freed: {format_bytes(_bytes(stayed, counted))} in {len(stayed)} storage(s) "
                 f"stayed after `{line.text}`" + (f", e.g. {example}" if example else "")
             )
+
+
+def _judge_groups(
+    owners: list[Owner],
+    lines: list[_Line],
+    counted: _Counted,
+    dead_at: dict[tuple, int],
+    proof: Proof,
+    nvml_before: int | None,
+) -> None:
+    """A process group's holder: whether its line took the group out of torch's registry
+    (destroyed), and what NVML gave back at that line, the only measure of what an NCCL
+    communicator holds on the device (its counted bytes are 0)."""
+    for index, owner in enumerate(owners):
+        if owner.kind != PROCESS_GROUP_OWNER:
+            continue
+        mine = {key for key, storage in counted.storages.items() if owner.path in storage.owners}
+        line_index = next((i for i, line in enumerate(lines) if index in line.owners), None)
+        if not mine or line_index is None:
+            continue
+        if all(dead_at.get(key) == line_index for key in mine):
+            owner.proof = PROOF_FREED
+            step = proof.steps[line_index]
+            previous = proof.steps[line_index - 1].nvml_process_bytes if line_index else nvml_before
+            given = None if step.nvml_process_bytes is None or previous is None else previous - step.nvml_process_bytes
+            owner.proof_note = f"destroyed: the group left torch's registry at `{lines[line_index].text}`" + (
+                f"; NVML gave back {format_bytes(given)} at that line" if given is not None else ""
+            )
+        elif any(key not in dead_at for key in mine):
+            owner.proof = PROOF_NOT_FREED
+            owner.proof_note = f"still in torch's registry after `{lines[line_index].text}`"
 
 
 def _shared_note(mine: set[tuple], counted: _Counted, lines: list[_Line], dead_at: dict[tuple, int]) -> str:

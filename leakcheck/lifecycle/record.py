@@ -57,6 +57,7 @@ class Lifecycle:
     notes: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     environment: dict[str, Any] = field(default_factory=dict)
+    shutdown_source: tuple[str, int] | None = None  # file and line of the runner's shutdown() def
     # Where the run is now ("starting", "load", "warmup", "shutdown", "audit", "collect",
     # "reconcile", "report"): a run stopped from outside is reported as stopped here.
     phase: str = "starting"
@@ -132,6 +133,10 @@ class Lifecycle:
         self.pinned_segments.append(value)
         self._log(lambda: {"event": "pinned_segments", "value": value})
 
+    def set_shutdown_source(self, file: str, line: int) -> None:
+        self.shutdown_source = (file, line)
+        self._log(lambda: {"event": "shutdown_source", "file": file, "line": line})
+
     def set_import_time(self, found: ImportTime) -> None:
         self.import_time = found
         self._log(lambda: {"event": "import_time", "import_time": plain(found)})
@@ -201,6 +206,8 @@ def _apply(result: Lifecycle, event: Event) -> None:
             owner.expected_bytes, owner.freed_bytes, owner.proof, owner.proof_note = expected, freed, status, note
     elif kind == "pinned_segments":
         result.pinned_segments.append(event["value"])
+    elif kind == "shutdown_source":
+        result.shutdown_source = (str(event["file"]), int(event["line"]))
     elif kind == "import_time":
         result.import_time = _build(ImportTime, event["import_time"])
     elif kind == "cycle_categories":

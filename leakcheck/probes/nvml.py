@@ -5,6 +5,7 @@ NVML never touches the CUDA context, so sampling it allocates nothing on the dev
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 from dataclasses import dataclass, field
 
@@ -23,6 +24,9 @@ class NvmlProbe:
     @classmethod
     def open(cls, cuda_index: int) -> NvmlProbe:
         probe = cls(cuda_index)
+        shadowed = old_pynvml_note()
+        if shadowed:
+            probe.notes.append(shadowed)
         try:
             import pynvml
         except ImportError:
@@ -69,6 +73,38 @@ class NvmlProbe:
             if entry.pid == pid and entry.usedGpuMemory is not None:
                 return int(entry.usedGpuMemory)
         return None
+
+
+def old_pynvml_note(path: list[str] | None = None) -> str | None:
+    """A warning when the old `pynvml` distribution is installed: it ships a module named
+    `pynvml` too, so whichever of it and nvidia-ml-py was installed last owns `import pynvml`,
+    and the old one answers differently (bytes for strings, no per-process v3 calls on newer
+    drivers). pynvml 12 and later ship no such module (only `pynvml_utils`, on top of
+    nvidia-ml-py): only a distribution whose files include the module itself is named.
+
+    One look-up by name, not a scan of every installed distribution (that takes a second in
+    an environment with transformers installed).
+    """
+    try:
+        found = importlib.metadata.distributions(name="pynvml", path=path) if path is not None else [
+            importlib.metadata.distribution("pynvml")
+        ]
+        old = next(iter(found), None)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    if old is None or not _ships_module(old, "pynvml"):
+        return None
+    return (
+        f"the old `pynvml` package ({old.version}) is installed beside or instead of nvidia-ml-py and also "
+        "provides `import pynvml`, with different behaviour; NVML figures may be wrong or missing. Fix: "
+        "pip uninstall -y pynvml && pip install --force-reinstall nvidia-ml-py"
+    )
+
+
+def _ships_module(distribution: importlib.metadata.Distribution, module: str) -> bool:
+    top_level = (distribution.read_text("top_level.txt") or "").split()
+    files = [str(f) for f in distribution.files or []]
+    return module in top_level or f"{module}.py" in files or any(f.startswith(f"{module}/") for f in files)
 
 
 def _handle_for(pynvml, cuda_index: int):

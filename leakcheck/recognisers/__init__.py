@@ -108,6 +108,7 @@ def shutdown_expression(path: str) -> str:
 _BUILT_IN = (
     "torch_compile",
     "torchscript",
+    "process_groups",
     "logging_handlers",
     "hooks",
     "weakref_finalize",

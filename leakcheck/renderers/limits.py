@@ -40,8 +40,9 @@ def more(left_out: int, what: str, where: str = "in the JSON report") -> str | N
     return f"and {left_out:,} more {what} {where}" if left_out else None
 
 
-def names(paths: Sequence[str], limit: int = NAMES_PER_GROUP) -> str:
-    """A comma-separated list of holder paths, capped."""
+def names(paths: Sequence[str], limit: int = NAMES_PER_GROUP, sep: str = ", ") -> str:
+    """A list of holder paths, capped; `sep="\n"` puts each on a line of its own, where a
+    terminal column would otherwise wrap inside a name (`_CACHE[(64, 'cpu')]` has spaces)."""
     shown, left_out = first(paths, limit)
-    text = ", ".join(clip(path) for path in shown)
-    return text + (f", and {left_out:,} more" if left_out else "")
+    text = sep.join(clip(path) for path in shown)
+    return text + (f"{sep}and {left_out:,} more" if left_out else "")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from leakcheck.renderers import limits, proof_text
+from leakcheck.renderers import baseline_text, limits, proof_text
 from leakcheck.renderers.limits import clip
 from leakcheck.renderers.memory_columns import measured_columns
 from leakcheck.report.model import FREED_BY_COLLECTOR, Report
@@ -24,6 +24,9 @@ def to_markdown(report: Report) -> str:
     )
     if report.proof is not None:
         lines += ["", f"**{proof_text.headline(report.proof)}**"]
+    if report.baseline is not None:
+        lines += ["", f"Baseline `{_cell(clip(report.baseline.file))}`: {baseline_text.summary(report)}."]
+        lines += [f"- {_cell(line)}" for line in baseline_text.lines(report)]
     lines += ["", *_memory(report)]
     lines += _cycle_categories(report)
     found = report.import_time
@@ -43,7 +46,7 @@ def to_markdown(report: Report) -> str:
         lines += ["", header, rule]
         for owner in holders:
             example = _code(owner.examples[0]) if owner.examples else ""
-            allowed = " (allowed)" if owner.allowed else ""
+            allowed = (" (allowed)" if owner.allowed else "") + baseline_text.owner_mark(owner)
             line = (
                 f"| {_code(owner.path)}{allowed} | {owner.kind} | {format_bytes(owner.reachable_bytes)} | "
                 f"{format_bytes(owner.retained_bytes)} | {example} |"

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 from rich.console import Console, Group
-from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from leakcheck.renderers import limits, proof_text
+from leakcheck.renderers import baseline_text, limits, proof_text, widths
 from leakcheck.renderers.limits import clip
 from leakcheck.renderers.memory_columns import measured_columns
-from leakcheck.report.model import FREED_BY_COLLECTOR, PROOF_FREED, PROOF_SHARED, MemorySample, Report
+from leakcheck.report.model import FREED_BY_COLLECTOR, Report
 from leakcheck.sizes import format_bytes, format_delta
 
 _VERDICT_STYLE = {"pass": "bold green", "fail": "bold red", "error": "bold magenta"}
@@ -21,21 +20,24 @@ def render(report: Report, console: Console, verbose: bool = False) -> None:
     console.print(_summary(report))
     if report.error is not None:
         console.print(_error(report, verbose))
-    console.print(_memory_table(report.memory))
+    if report.memory:  # an API audit (`Audit.to_report()`, the pytest marker) measures no phases
+        console.print(widths.memory_table(report.memory, measured_columns(report.memory), console))
     if len(report.cycles) > 1:
         console.print(_cycles_table(report))
         if any(cycle.categories for cycle in report.cycles):
             console.print(_cycle_categories_table(report))
     if report.owners:
-        console.print(_owners_table(report))
-        console.print(_release(report))
+        owners, left_out = limits.first(report.owners, limits.HOLDERS)
+        for line in widths.holders_lines(owners, left_out, console.width):
+            console.print(line, highlight=False)
+        console.print(_release(report, console.width))
     if report.proof is not None:
-        console.print(_proof(report))
+        console.print(_proof(report, console.width))
     if report.sites:
         console.print(_sites_table(report))
     if report.reconciliation is not None:
         console.print(_reconciliation_table(report))
-    notes = list(report.notes)
+    notes = list(report.notes) + baseline_text.lines(report)
     if report.import_time is not None and report.import_time.storages:
         notes.insert(0, import_time_line(report))
     audit_s = report.timings.get("audit_s")
@@ -58,8 +60,9 @@ def render(report: Report, console: Console, verbose: bool = False) -> None:
         console.print(Text("Notes", style="bold"))
         shown, left_out = limits.first(notes, limits.NOTES)
         for note in [*map(clip, shown), limits.more(left_out, "notes")]:
-            if note:
-                console.print(f"  • {escape(note)}", highlight=False)
+            if note:  # hanging under its bullet, so a wrapped note still reads as one
+                for line in widths.prose(f"• {note}", console.width, 2):
+                    console.print(line, highlight=False)
 
 
 def _summary(report: Report) -> Panel:
@@ -71,6 +74,8 @@ def _summary(report: Report) -> Panel:
         line.append(f"\n{format_bytes(report.leaked_bytes)} still held after shutdown()")
     elif report.leaked_bytes:
         line.append(f"{format_bytes(report.leaked_bytes)} still held after shutdown()", style="bold")
+    elif report.baseline is not None and report.baseline.accepted_bytes:
+        line.append("only holders the baseline accepts still hold device memory")
     else:
         line.append("shutdown() released everything it allocated on the device")
     line.append(f"   limit {format_bytes(report.max_leaked_bytes)}")
@@ -81,6 +86,8 @@ def _summary(report: Report) -> Panel:
         details.append(f"{len(holders)} holder(s), {len(report.storages)} storage(s)")
     if report.allowed_bytes:
         details.append(f"{format_bytes(report.allowed_bytes)} allowed by the gate")
+    if report.baseline is not None:
+        details.append(baseline_text.summary(report) or "")
     if report.cycle_bytes:
         details.append(f"{format_bytes(report.cycle_bytes)} held only by garbage cycles (gc.collect() frees it)")
     if details:
@@ -172,7 +179,8 @@ def _sites_table(report: Report) -> Table:
     table.add_column("held by", overflow="fold", ratio=1)
     sites, left_out = limits.first(report.sites, limits.SITES)
     for site in sites:
-        table.add_row(clip(site.site), format_bytes(site.bytes), str(site.storages), limits.names(site.owners, 4))
+        held_by = limits.names(site.owners, 4, sep="\n")  # one holder a line: a column wraps inside names
+        table.add_row(clip(site.site), format_bytes(site.bytes), str(site.storages), held_by)
     table.caption = limits.more(left_out, "allocation sites")
     return table
 
@@ -195,68 +203,11 @@ def _reconciliation_table(report: Report) -> Table:
     return table
 
 
-def _memory_table(samples: list[MemorySample]) -> Table:
-    """Each figure with its change since baseline beside it, dimmed."""
-    table = Table(title="Memory by phase (change since baseline)", title_justify="left", title_style="bold")
-    present = measured_columns(samples)
-    table.add_column("phase", no_wrap=True)
-    cycles = len({s.cycle for s in samples}) > 1
-    for title, _ in present:
-        table.add_column(title, justify="right", no_wrap=True)
-    base = samples[0] if samples else None
-    for sample in samples:
-        row: list[Text | str] = [
-            f"{sample.phase} #{sample.cycle}" if cycles and sample.phase != "baseline" else sample.phase
-        ]
-        for _, attr in present:
-            value = getattr(sample, attr)
-            start = getattr(base, attr) if base else None
-            cell = Text(format_bytes(value))
-            if value is not None and start is not None and sample is not base:
-                cell.append(f" {format_delta(value - start)}", style="dim")
-            row.append(cell)
-        table.add_row(*row)
-    return table
-
-
-def _owners_table(report: Report) -> Table:
-    """One row per holder; example paths sit under the holder, where the width is."""
-    table = Table(title="Holders, by bytes they reach", title_justify="left", title_style="bold", expand=True)
-    table.add_column("holder  [dim](example paths)[/dim]", overflow="fold", ratio=1)
-    table.add_column("kind", no_wrap=True)
-    table.add_column("reachable", justify="right", no_wrap=True)
-    table.add_column("retained", justify="right", no_wrap=True)
-    table.add_column("tensors", justify="right", no_wrap=True)
-    owners, left_out = limits.first(report.owners, limits.HOLDERS)
-    for owner in owners:
-        cell = Text(clip(owner.path), style="bold")
-        if owner.allowed:
-            cell.append(" (allowed)", style="dim")
-        for example in owner.examples[: limits.EXAMPLES]:
-            cell.append(f"\n  {clip(example)}", style="dim")
-        if owner.detail:
-            cell.append(f"\n  {clip(owner.detail)}", style="italic dim")
-        proven = proof_text.holder_line(owner)
-        if proven:
-            good = owner.proof in (PROOF_FREED, PROOF_SHARED)
-            cell.append(f"\n  {clip(proven)}", style="green" if good else "yellow")
-        style = "dim" if owner.allowed or owner.kind in FREED_BY_COLLECTOR else None
-        table.add_row(
-            cell,
-            owner.kind,
-            format_bytes(owner.reachable_bytes),
-            format_bytes(owner.retained_bytes),
-            str(owner.tensors),
-            style=style,
-        )
-    table.caption = limits.more(left_out, "holders")
-    return table
-
-
-def _proof(report: Report) -> Panel:
+def _proof(report: Report, width: int) -> Panel:
     """Each suggested line leakcheck ran, what it was expected to free and what died after it."""
     proof = report.proof
     assert proof is not None
+    line_width = _proof_line_width(report, width)
     table = Table(expand=True, box=None, pad_edge=False)
     table.add_column("#", justify="right", no_wrap=True)
     table.add_column("line run", overflow="fold", ratio=1)
@@ -270,7 +221,8 @@ def _proof(report: Report) -> Panel:
         table.add_column("NVML", justify="right", no_wrap=True)
     steps, left_out = limits.first(proof.steps, limits.RELEASE_LINES)
     for number, step in enumerate(steps, start=1):
-        line = Text(clip(step.line), style="cyan")
+        pieces = widths.fold_path(clip(step.line), line_width, line_width - widths.CONTINUATION)
+        line = Text(("\n" + " " * widths.CONTINUATION).join(pieces), style="cyan")
         if step.error:
             line.append(f"\n  raised {clip(step.error)}", style="red")
         if step.unclaimed_bytes:
@@ -302,24 +254,44 @@ def _proof(report: Report) -> Panel:
     return Panel(Group(*parts), title="Proof: the suggested lines, run one by one", title_align="left")
 
 
-def _release(report: Report) -> Panel:
+def _proof_line_width(report: Report, width: int) -> int:
+    """The width rich will give the proof's "line run" column (the figures never wrap, it takes
+    the rest), so each line is broken at a separator before rich would fold it mid-name."""
+    proof = report.proof
+    assert proof is not None
+    figures = [["#", "expected", "freed"]]
+    for number, step in enumerate(proof.steps[: limits.RELEASE_LINES], start=1):
+        figures.append([str(number), format_bytes(step.expected_bytes), format_bytes(step.freed_bytes)])
+    for title, attr in (("reserved", "torch_reserved_bytes"), ("NVML", "nvml_process_bytes")):
+        if any(getattr(step, attr) is not None for step in proof.steps):
+            figures[0].append(title)
+            for row, step in zip(figures[1:], proof.steps):
+                row.append(format_bytes(getattr(step, attr)))
+    columns = [max(len(row[i]) for row in figures) for i in range(len(figures[0]))]
+    padding = 2 * len(columns)  # one space either side between columns, none at the edges
+    return max(width - 4 - sum(columns) - padding, 10)
+
+
+def _release(report: Report, width: int) -> Panel:
+    """Who must go together, then the lines to add; every holder path and line on its own line."""
+    inner = width - 4  # the panel's border and padding
     parts: list[Text] = []
     groups, left_out = limits.first(report.shared, limits.SHARED_GROUPS)
     for group in groups:
-        names = limits.names(group.owners)
         parts.append(
             Text.assemble(
                 (format_bytes(group.bytes), "bold"),
                 f" in {group.storages} storage(s) is held by {len(group.owners)} holders together; "
-                f"each alone retains none of it, and all must go before a byte is freed:\n    {names}",
+                "each alone retains none of it, and all must go before a byte is freed:",
             )
         )
+        parts += widths.names_lines(group.owners, inner, 4)
     if left_out:
         parts.append(Text(limits.more(left_out, "groups of holders that must all go") or "", style="dim"))
     release, left_out = limits.first(report.release, limits.RELEASE_LINES)
     if release:
-        code = "\n".join(f"    {clip(line)}" for line in release)
-        parts.append(Text.assemble(("Suggested lines for shutdown():\n", "bold"), (code, "cyan")))
+        parts.append(Text("Suggested lines for shutdown():", style="bold"))
+        parts += [text for line in release for text in widths.indented(clip(line), inner, 4, "cyan")]
         if left_out:
             parts.append(Text(limits.more(left_out, "suggested lines") or "", style="dim"))
     if not parts:

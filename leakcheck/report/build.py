@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from leakcheck.config import Config
 from leakcheck.lifecycle.record import Lifecycle
-from leakcheck.report.gate import count, is_allowed, unproven, verdict
-from leakcheck.report.model import CYCLE, Cycle, Owner, Report, RunError
+from leakcheck.report.gate import count, is_allowed, process_groups_note, unproven, verdict
+from leakcheck.report.model import CYCLE, Audit, Cycle, Owner, Report, RunError
 
 
 def build_report(
@@ -44,28 +44,11 @@ def build_report(
         environment=dict(lifecycle.environment),
     )
     if found is not None:
-        for owner in found.owners:
-            owner.allowed = is_allowed(owner.path, patterns)
-        counted = count(found, patterns)
-        report.leaked_bytes, report.allowed_bytes = counted.leaked, counted.allowed
-        report.leaked_reserved_bytes, report.unsized_storages = counted.reserved, counted.unsized
-        if counted.unsized:
-            report.notes.append(
-                f"{counted.unsized} leaked storage(s) could not be read or sized (see their note): "
-                "they fail the gate whatever its limit, since their bytes are unknown, not zero"
-            )
-        report.held_bytes = found.held_bytes
-        report.pinned_bytes = found.pinned_bytes
-        report.sites = found.sites
-        report.cycle_bytes = found.cycle_bytes
-        report.owners = found.owners
-        report.storages = found.storages
-        report.shared = found.shared
-        report.release = release_lines(found.owners)
-        report.heap_objects = found.heap_objects
-        report.notes.extend(found.notes)
+        apply_audit(report, found, patterns)
     report.cycles = cycle_summaries(lifecycle, patterns)
     report.import_time = lifecycle.import_time
+    if lifecycle.shutdown_source is not None:
+        report.shutdown_file, report.shutdown_line = lifecycle.shutdown_source
     if report.cycles and lifecycle.pinned_segments:
         report.leaked_reserved_bytes = report.cycles[-1].leaked_reserved_bytes
     report.nvml_growth_bytes = nvml_growth(report)
@@ -79,6 +62,58 @@ def build_report(
             type="NotAudited",
             message="no audit ran, so nothing was measured that could pass the gate",
         )
+    report.verdict = verdict(report, report.unsized_storages)
+    return report
+
+
+def apply_audit(report: Report, found: Audit, patterns: list[str]) -> None:
+    """Put an audit's holders and the bytes the gate counts into `report` (verdict not set).
+
+    Shared by runs (`build_report`) and the Python API (`report_of_audit`), so that a report
+    from either is counted by the same rules.
+    """
+    for owner in found.owners:
+        owner.allowed = is_allowed(owner.path, patterns)
+    counted = count(found, patterns)
+    report.leaked_bytes, report.allowed_bytes = counted.leaked, counted.allowed
+    report.leaked_reserved_bytes, report.unsized_storages = counted.reserved, counted.unsized
+    report.leaked_process_groups = counted.groups
+    if counted.groups:
+        report.notes.append(process_groups_note(counted.groups))
+    if counted.unsized:
+        report.notes.append(
+            f"{counted.unsized} leaked storage(s) could not be read or sized (see their note): "
+            "they fail the gate whatever its limit, since their bytes are unknown, not zero"
+        )
+    report.held_bytes = found.held_bytes
+    report.pinned_bytes = found.pinned_bytes
+    report.sites = found.sites
+    report.cycle_bytes = found.cycle_bytes
+    report.owners = found.owners
+    report.storages = found.storages
+    report.shared = found.shared
+    report.release = release_lines(found.owners)
+    report.heap_objects = found.heap_objects
+    report.notes.extend(found.notes)
+
+
+def report_of_audit(
+    found: Audit, name: str = "leakcheck", max_leaked_bytes: int = 0, allow: list[str] | None = None
+) -> Report:
+    """The report of an audit made through the Python API (`Audit.to_report()`), gated like a
+    run's: `render`, `to_json` and `gate.exit_code` take it as they take the CLI's.
+
+    It measured no phases, so it has no memory table, cycles or proof.
+    """
+    report = Report(
+        name=name,
+        device=found.device,
+        verdict="pass",
+        leaked_bytes=0,
+        max_leaked_bytes=max_leaked_bytes,
+        timings=dict(found.timings),
+    )
+    apply_audit(report, found, list(allow or []))
     report.verdict = verdict(report, report.unsized_storages)
     return report
 

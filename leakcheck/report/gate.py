@@ -6,10 +6,11 @@ read back from JSON (`leakcheck show`) is judged by the same code that judged th
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
-from leakcheck.report.model import Audit, Report
+from leakcheck.report.model import PROCESS_GROUP, Audit, Report, Storage
 
 EXIT_CODES = {"pass": 0, "fail": 1, "error": 3}
 
@@ -26,18 +27,29 @@ class Counted:
     allowed: int = 0  # bytes only allowed holders pin
     reserved: int = 0  # the leaked bytes as allocator memory (blocks and the segment space only they keep)
     unsized: int = 0  # leaked storages whose size could not be read (counted as 0 bytes)
+    accepted: int = 0  # bytes only allowed or baseline-accepted holders pin, at least one accepted
+    groups: int = 0  # live process groups some unallowed holder keeps: 0 bytes each, still leaks
 
 
 def count(audit: Audit, patterns: list[str]) -> Counted:
+    return count_storages(audit.storages, patterns)
+
+
+def count_storages(storages: list[Storage], patterns: list[str], accepted: Collection[str] = ()) -> Counted:
+    """accepted: holder paths a `--baseline` accepted; like allowed ones, they count only when
+    they are all that pins a storage."""
     counted = Counted()
-    for storage in audit.storages:
+    for storage in storages:
         if storage.collectable or storage.pinned:
             continue
         # Bytes an allowed holder shares with a forgotten one are still a leak.
-        if any(not is_allowed(path, patterns) for path in storage.owners):
+        if any(path not in accepted and not is_allowed(path, patterns) for path in storage.owners):
             counted.leaked += storage.nbytes
             counted.reserved += storage.reserved_bytes or storage.nbytes
             counted.unsized += storage.unknown and storage.nbytes == 0
+            counted.groups += storage.kind == PROCESS_GROUP
+        elif any(path in accepted and not is_allowed(path, patterns) for path in storage.owners):
+            counted.accepted += storage.nbytes
         else:
             counted.allowed += storage.nbytes
     return counted
@@ -45,10 +57,12 @@ def count(audit: Audit, patterns: list[str]) -> Counted:
 
 def verdict(report: Report, unsized: int = 0) -> str:
     """pass, fail or error. A run with an error never passes; nor does one that holds storages
-    whatever their size: a storage of unknown size is a leak of unknown size, not zero."""
+    whatever their size: a storage of unknown size is a leak of unknown size, not zero. Nor one
+    that leaves a process group alive: its bytes are 0 on gloo and unmeasured on NCCL, but the
+    next load makes another, with its threads, sockets and communicator."""
     if report.error is not None:
         return "error"
-    if report.leaked_bytes > report.max_leaked_bytes or unsized:
+    if report.leaked_bytes > report.max_leaked_bytes or unsized or report.leaked_process_groups:
         return "fail"
     if report.require_proven and unproven(report) is not None:
         return "fail"
@@ -80,3 +94,11 @@ def unproven(report: Report) -> str | None:
 
 def exit_code(report: Report) -> int:
     return EXIT_CODES[report.verdict]
+
+
+def process_groups_note(groups: int) -> str:
+    """Why a report with no bytes over the limit fails: the process groups it left alive."""
+    return (
+        f"{groups} process group(s) still alive after shutdown(): they fail the gate whatever its byte limit "
+        "(a live group is a leak; torch.distributed.destroy_process_group releases it)"
+    )

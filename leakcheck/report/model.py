@@ -22,6 +22,9 @@ CYCLE = "cycle"  # garbage only the cyclic collector frees
 FROZEN_GARBAGE = "frozen_garbage"  # a garbage cycle gc.freeze() froze: nothing frees it
 UNTRACKED = "untracked"  # held by a reference the gc cannot see (C/C++, autograd, extensions)
 UNATTRIBUTED = "unattributed"  # alive, but reachable from no root leakcheck knows
+# A live torch.distributed group, named by the best path to it; torch's registry keeps it
+# alive until destroy_process_group, so that call is its release (engine/process_groups.py).
+PROCESS_GROUP = "process_group"
 
 FREED_BY_COLLECTOR = {CYCLE}
 
@@ -31,6 +34,11 @@ PROOF_PARTLY = "partly"  # some of them did
 PROOF_NOT_FREED = "not_freed"  # none did: a wrong attribution
 PROOF_NOT_TRIED = "not_tried"  # leakcheck must not run its line (Owner.proof_note says why)
 PROOF_SHARED = "shared"  # its bytes are expected at a later holder's step, which releases the last of them
+
+# What `--baseline` decided for a holder (Owner.baseline).
+ACCEPTED = "accepted"  # a baseline entry matches it and its entry's bytes are within the ceiling
+OVER_CEILING = "over_ceiling"  # a baseline entry matches it, but the entry's bytes grew past its ceiling
+NEW = "new"  # no baseline entry matches it
 
 
 @dataclass
@@ -54,6 +62,9 @@ class Owner:
     proof: str | None = None  # freed | partly | not_freed | not_tried | shared
     proof_note: str | None = None  # why not tried, what stayed, or when shared bytes came free
     expected_bytes: int | None = None  # --prove: counted bytes expected to die at its line
+    ranks: list[int] | None = None  # a combined report of several ranks: the ranks it holds bytes on
+    key: str | None = None  # the same on two runs of the same code (report/keys.py): baselines and diffs match on it
+    baseline: str | None = None  # --baseline: accepted | over_ceiling | new (None: no baseline, or nothing counted)
 
 
 @dataclass
@@ -70,7 +81,7 @@ class Storage:
     tensors: int
     collectable: bool = False  # only garbage cycles hold it: gc.collect() frees it
     allocated_at: str | None = None  # user-code line that allocated it (CUDA, history on)
-    kind: str = "tensor"  # tensor | graph_pool | mem_pool
+    kind: str = "tensor"  # tensor | graph_pool | mem_pool | cpp_held | process_group (address: its object's id)
     pool: list[int] | None = None  # the allocator pool it lives in (a pool's own id for pools)
     pinned: bool = False  # pinned host memory, reported apart from device bytes
     idle: bool = False  # a pool that reserves memory with no live allocation in it
@@ -79,6 +90,7 @@ class Storage:
     note: str | None = None  # how the bytes were read when not from a plain storage (estimate, components)
     unknown: bool = False  # the storage could not be read: nbytes is numel x element size, or 0
     evaluable: bool = True  # `example`, pasted into a debugger, evaluates to the tensor that owns this storage
+    rank: int | None = None  # a combined report of several ranks: the rank whose process holds it
 
 
 @dataclass
@@ -121,6 +133,16 @@ class Audit:
 
     def owner(self, path: str) -> Owner | None:
         return next((o for o in self.owners if o.path == path), None)
+
+    def to_report(
+        self, name: str = "leakcheck", max_leaked: int | str = 0, allow: list[str] | None = None
+    ) -> Report:
+        """This audit gated as a run is (`max_leaked` as in a config: 0, "64 MiB"; `allow`:
+        holder patterns), as a `Report` that `render`, `to_json` and `gate.exit_code` accept."""
+        from leakcheck.report.build import report_of_audit  # imports the config's pydantic: on use only
+        from leakcheck.sizes import parse_size
+
+        return report_of_audit(self, name, parse_size(max_leaked), allow)
 
 
 @dataclass
@@ -239,6 +261,31 @@ class RunError:
 
 
 @dataclass
+class BaselineEntryCheck:
+    """One entry of a `--baseline` file, against this run: the bytes its holders pin now."""
+
+    path: str  # the entry's pattern, as written
+    max_bytes: int
+    bytes: int  # counted bytes of the holders it matched (each storage once)
+    status: str  # accepted | over_ceiling | unsized (a storage of unknown size) | unused (matched nothing)
+    holders: list[str] = field(default_factory=list)  # keys of the holders it matched
+    reason: str | None = None
+    line: int | None = None  # where the entry starts in the file
+
+
+@dataclass
+class BaselineCheck:
+    """What `--baseline FILE` accepted: holders it knows stay within their ceilings and so do not
+    count toward the gate; new holders and those over a ceiling count as they would without it."""
+
+    file: str
+    accepted_bytes: int  # bytes only accepted (or allowed) holders pin, at least one of them accepted
+    entries: list[BaselineEntryCheck] = field(default_factory=list)
+    new: list[str] = field(default_factory=list)  # keys of counted holders no entry matches
+    updated: bool = False  # --update-baseline wrote the file from this run before judging it
+
+
+@dataclass
 class Report:
     name: str
     device: str
@@ -251,6 +298,7 @@ class Report:
     pinned_bytes: int = 0
     leaked_reserved_bytes: int = 0  # leaked bytes as the device sees them: blocks and the segment space they pin
     unsized_storages: int = 0  # leaked storages of unknown size (counted as 0 bytes): they fail the gate
+    leaked_process_groups: int = 0  # live process groups no allowed holder alone keeps: they fail the gate
     max_nvml_growth_bytes: int | None = None
     nvml_growth_bytes: int | None = None  # since baseline; per later cycle when cycles > 1
     owners: list[Owner] = field(default_factory=list)
@@ -271,6 +319,16 @@ class Report:
     proof: Proof | None = None  # --prove: what the suggested lines freed when leakcheck ran them
     require_proven: bool = False  # gate.require_proven: every counted byte must be freed by the proof
     import_time: ImportTime | None = None  # what importing the runner's module created (not counted)
+    baseline: BaselineCheck | None = None  # --baseline: which holders the file accepted
+    # Where the runner's shutdown() is defined (absolute file, line of its `def`): CI annotations
+    # point there. None when it is not plain Python code (a builtin, a callable object).
+    shutdown_file: str | None = None
+    shutdown_line: int | None = None
+    # Tensor-parallel runs: this rank (a rank's own report), or the world size and each rank's
+    # own report (a combined one, whose verdict is the worst of theirs).
+    rank: int | None = None
+    world_size: int | None = None
+    ranks: list[Report] = field(default_factory=list)
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -302,6 +360,11 @@ class Report:
             fields["reconciliation"] = Reconciliation(**rec)
         if data.get("proof"):
             fields["proof"] = proof_from_dict(data["proof"])
+        if data.get("baseline"):
+            check = _known(BaselineCheck, data["baseline"])
+            check["entries"] = [BaselineEntryCheck(**_known(BaselineEntryCheck, e)) for e in check.get("entries", [])]
+            fields["baseline"] = BaselineCheck(**check)
+        fields["ranks"] = [cls.from_dict(rank) for rank in data.get("ranks") or []]
         return cls(**fields)
 
 
