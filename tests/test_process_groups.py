@@ -8,6 +8,7 @@ example runs through the real CLI with two ranks.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -194,3 +195,20 @@ def test_tp_seed_names_the_forgotten_group_on_both_ranks(tmp_path: Path):
         assert any(note.startswith(f"rank {rank['rank']} of 2: audited in a child process") for note in rank["notes"])
         assert not any("of leakcheck --isolate" in note for note in rank["notes"])
     assert f"{DESTROY}(self.tp_group)" in done.stdout
+
+
+def test_a_group_in_an_instance_dict_of_untracked_values_is_still_reached(world):
+    """Before Python 3.11 CPython stops tracking a dict whose values are all untracked: an
+    object whose only attribute is a group (a pybind11 object gc does not track) has a
+    `__dict__` in no gc.get_objects(). The group is still named by that attribute."""
+    import gc
+
+    baseline = take_baseline("cpu")
+    runner = Runner()
+    runner.coordinator = Runner()
+    runner.coordinator.group = dist.new_group([0], backend="gloo")
+    runner.coordinator.label = "tp"
+    if sys.version_info < (3, 11):
+        assert not gc.is_tracked(runner.coordinator.__dict__)
+    found, _ = audit_of(runner, baseline)
+    assert [s.owners for s in group_storages(found)] == [["runner.coordinator.group"]]

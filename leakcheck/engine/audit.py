@@ -24,7 +24,12 @@ from leakcheck.engine.inventory import (
     own_cpp_held,
     known_cpp_states,
 )
-from leakcheck.engine.process_groups import add_process_groups, append_process_groups, own_process_groups
+from leakcheck.engine.process_groups import (
+    add_process_groups,
+    append_process_groups,
+    own_process_groups,
+    untracked_dict_edges,
+)
 from leakcheck.engine.owners import Holder, Leaked, Ownership, effective_owners, find_owners, one_per_release
 from leakcheck.engine.release import NO_RELEASE, PlannedRelease, Release, ReleasePlan
 from leakcheck.engine.roots import capture_live_frames, frame_references, index_roots
@@ -125,6 +130,7 @@ def audit_watching(
         types.extend(objects[known:])
         nodes = np.concatenate([nodes, known + tensor_nodes(objects[known:])])  # also autograd nodes came
         group_nodes = append_process_groups(objects, types)  # not gc-tracked: from torch's registry
+        extra_edges += untracked_dict_edges(objects, group_nodes)
         inventory = Inventory()
         add_storages(inventory, objects, nodes, device, exclude, pinned=on_cuda)
         if pool_types:

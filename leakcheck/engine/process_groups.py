@@ -14,6 +14,9 @@ runner's attributes then have edges to them like to any other node.
 
 from __future__ import annotations
 
+import gc
+import sys
+
 import numpy as np
 
 from leakcheck.engine import torch_internals
@@ -22,6 +25,7 @@ from leakcheck.engine.inventory import PROCESS_GROUP, Inventory, Item
 from leakcheck.engine.owners import Holder, Leaked, Ownership
 from leakcheck.engine.release import NO_RELEASE, Release
 from leakcheck.engine.roots import Handle
+from leakcheck.engine.safe_read import instance_dict, items_of
 from leakcheck.engine.tensors import process_group_key
 from leakcheck.recognisers import Remedy
 from leakcheck.report.model import ATTRIBUTE, CLASS_ATTRIBUTE, CLOSURE, FRAME, GLOBAL
@@ -55,6 +59,32 @@ def append_process_groups(objects: list, types: TypeIndex) -> np.ndarray:
         all_ids = ids_of(objects)
         nodes.extend(np.flatnonzero(np.isin(all_ids[:start], known)).tolist())
     return np.array(sorted(nodes), dtype=np.int64)
+
+
+def untracked_dict_edges(objects: list, group_nodes: np.ndarray) -> list[tuple[object, object]]:
+    """(object, group) for each object whose instance dict holds a group but is not on the heap.
+
+    Before Python 3.11 an instance's `__dict__` is a dict of its own, and CPython stops tracking
+    a dict whose values are all untracked: `runner.__dict__ == {"group": pg}` is then in no
+    `gc.get_objects()`, and `runner.group` would not reach the group (seen on 3.10: the group
+    was "held only by torch's registry"). The edge goes from the object to the group, standing
+    for the reference its dict holds. From 3.11 on, instance values are the object's own
+    referents and this finds nothing to add. Cost: one dict read per heap object with an
+    instance dict, only when live groups were found."""
+    if sys.version_info >= (3, 11) or group_nodes.size == 0:
+        return []
+    groups = {id(objects[node]): objects[node] for node in group_nodes.tolist()}
+    edges: list[tuple[object, object]] = []
+    for obj in objects:
+        if id(obj) in groups:
+            continue
+        namespace = instance_dict(obj)  # never through a metaclass or a property
+        if namespace is None or gc.is_tracked(namespace):
+            continue
+        for _, value in items_of(namespace):
+            if id(value) in groups and value is groups[id(value)]:
+                edges.append((obj, value))
+    return edges
 
 
 def group_note(facts: torch_internals.GroupFacts) -> str:
