@@ -32,15 +32,14 @@ from leakcheck.config_error import ConfigError
 from leakcheck.durations import parse_duration
 from leakcheck.lifecycle.limits import REAL_EXIT
 from leakcheck.outputs import OutputError, Outputs, bare_report, placeholder_error
-from leakcheck.present import Presentation, present
+from leakcheck.present import Presentation, present, report_console
+from leakcheck.report.gate import EXIT_ERROR, EXIT_USAGE
 from leakcheck.report.model import Report, RunError
 from leakcheck.sizes import parse_size
 
 if TYPE_CHECKING:  # config.py builds pydantic models on import: loaded only by commands that read a config
     from leakcheck.config import Config, Timeouts
 
-EXIT_USAGE = 2
-EXIT_ERROR = 3
 
 app = typer.Typer(
     add_completion=True,
@@ -61,14 +60,6 @@ def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
 ) -> None:
     """leakcheck: find what shutdown() forgot to release."""
-
-
-def _report_console() -> Console:
-    """Standard output; 120 columns in CI logs (no terminal, no COLUMNS), wide enough for paths."""
-    out = Console()
-    if not out.is_terminal and "COLUMNS" not in os.environ:
-        out = Console(width=120)
-    return out
 
 
 def _say(message: str) -> None:
@@ -590,22 +581,6 @@ class Finisher:
             REAL_EXIT(EXIT_ERROR)
 
 
-def show(report: Report, console: Console, verbose: bool) -> None:
-    """The terminal report; a closed stdout (`| head`) or a renderer bug costs the render only:
-    the files are written and the exit code is decided already."""
-    from leakcheck.renderers.terminal import render
-
-    try:
-        render(report, console, verbose=verbose)
-    except BrokenPipeError:
-        pass
-    except OSError as exc:
-        if exc.errno != 32:  # EPIPE
-            _say(f"leakcheck: could not print the report: {exc}")
-    except Exception as exc:  # noqa: BLE001
-        _say(f"leakcheck: could not print the report ({type(exc).__name__}); the files hold it")
-
-
 @app.command(name="show")
 def show_command(
     report_path: Path = typer.Argument(..., metavar="REPORT", help="A JSON report written by `run --json`."),
@@ -620,17 +595,14 @@ def show_command(
     Exits with the report's own exit code (0 pass, 1 fail, 3 error), so a CI step that only
     shows a downloaded report still gates on it; 2 when the file is not a report.
     """
-    import json
-
     from leakcheck.renderers.terminal import render
     from leakcheck.report.gate import exit_code
+    from leakcheck.report.model import ReportInputError, read_report
 
     try:
-        report = Report.from_dict(json.loads(report_path.read_text(encoding="utf-8")))
-    except FileNotFoundError:
-        raise _fail(f"{report_path}: no such file") from None
-    except (ValueError, TypeError, KeyError) as exc:
-        raise _fail(f"{report_path}: not a leakcheck JSON report: {exc}") from None
+        report = read_report(report_path)
+    except ReportInputError as exc:
+        raise _fail(str(exc)) from None
     if graph_path is not None:
         _check_pictures(None, graph_path, None)
     if markdown:
@@ -638,7 +610,7 @@ def show_command(
 
         typer.echo(to_markdown(report), nl=False)
     else:
-        render(report, _report_console(), verbose=verbose)
+        render(report, report_console(), verbose=verbose)
     picture = draw_graph(report, graph_path)
     for line in picture.failures + picture.notes:
         _say(line)
@@ -663,14 +635,15 @@ def merge_command(
     Exits with the combined verdict's code: 0 when every rank passed, 1 when any failed the
     gate, 3 when any rank has an error; 2 when a file is not a report.
     """
-    from leakcheck.distributed.merge import MergeError, merge_reports, read_report
+    from leakcheck.distributed.merge import merge_reports
     from leakcheck.report.gate import exit_code
+    from leakcheck.report.model import ReportInputError, read_report
 
     outputs = Outputs(json_path, markdown_path)
     try:
         outputs.check()
         merged = merge_reports([read_report(path) for path in report_paths])
-    except (OutputError, MergeError) as exc:
+    except (OutputError, ReportInputError) as exc:
         raise _fail(str(exc)) from None
     failures = outputs.write(merged)
     present(merged, outputs, Presentation(verbose=verbose), failures)
@@ -690,7 +663,8 @@ def diff_command(
     NEW allowed or its baseline accepted left out), 2 when a file is not a report, 3 when NEW is
     the report of a run that ended in error (its holders are not the whole picture).
     """
-    from leakcheck.report.diff import ReportInputError, diff_reports, read_report
+    from leakcheck.report.diff import diff_reports
+    from leakcheck.report.model import ReportInputError, read_report
 
     try:
         old, new = read_report(old_path), read_report(new_path)
@@ -704,7 +678,7 @@ def diff_command(
     else:
         from leakcheck.renderers.diff_text import render_diff
 
-        render_diff(diff, _report_console())
+        render_diff(diff, report_console())
     raise typer.Exit(diff.exit_code)
 
 

@@ -19,9 +19,13 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from leakcheck.outputs import Outputs, closing_line
 from leakcheck.report.model import Report
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 Write = Callable[[str], None]
 
@@ -84,19 +88,40 @@ def _terminal(report: Report, verbose: bool, write: Write, to_stderr: bool, raw:
     """The terminal report: through rich straight to the stream, or (raw) rendered to text first."""
     from rich.console import Console
 
-    from leakcheck.cli import _report_console, show
-
     if raw:
         buffer = io.StringIO()
         show(report, Console(file=buffer, width=120), verbose)
         write(buffer.getvalue())
         return
-    console = _report_console()
-    if to_stderr:
-        console = Console(stderr=True)
-        if not console.is_terminal and "COLUMNS" not in os.environ:
-            console = Console(stderr=True, width=120)
-    show(report, console, verbose)
+    show(report, report_console(stderr=to_stderr), verbose)
+
+
+def report_console(stderr: bool = False) -> Console:
+    """Standard output (or stderr); 120 columns in CI logs (no terminal, no COLUMNS), wide
+    enough for paths."""
+    from rich.console import Console
+
+    console = Console(stderr=stderr)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(stderr=stderr, width=120)
+    return console
+
+
+def show(report: Report, console: Console, verbose: bool) -> None:
+    """The terminal report; a closed stdout (`| head`) or a renderer bug costs the render only:
+    the files are written and the exit code is decided already."""
+    from leakcheck.renderers.terminal import render
+
+    say = _stream(sys.stderr)
+    try:
+        render(report, console, verbose=verbose)
+    except BrokenPipeError:
+        pass
+    except OSError as exc:
+        if exc.errno != 32:  # EPIPE
+            say(f"leakcheck: could not print the report: {exc}\n")
+    except Exception as exc:  # noqa: BLE001
+        say(f"leakcheck: could not print the report ({type(exc).__name__}); the files hold it\n")
 
 
 def _stream(stream: object) -> Write:

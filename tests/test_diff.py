@@ -16,7 +16,8 @@ import pytest
 from typer.testing import CliRunner
 
 from leakcheck.cli import app
-from leakcheck.report.diff import diff_reports, read_report
+from leakcheck.report.diff import diff_reports
+from leakcheck.report.model import read_report
 from leakcheck.report.keys import holds_by_key
 
 FIXTURES = Path(__file__).parent / "fixtures"

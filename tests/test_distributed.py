@@ -15,7 +15,8 @@ import torch
 from typer.testing import CliRunner
 
 from leakcheck.cli import app
-from leakcheck.distributed.merge import merge_reports, read_report
+from leakcheck.distributed.merge import merge_reports
+from leakcheck.report.model import read_report
 from tests.process_runs import run_process, write_runner
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "leakcheck" / "examples"

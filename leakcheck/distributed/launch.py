@@ -24,11 +24,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from leakcheck.config import Config, ConfigError, Distributed
-from leakcheck.distributed.merge import MergeError, merge_reports, missing_rank, read_report
+from leakcheck.distributed.merge import merge_reports, missing_rank
 from leakcheck.distributed.rank import REPORT_NAME
 from leakcheck.outputs import RUNNING, placeholder_error
 from leakcheck.present import present
-from leakcheck.report.model import Report
+from leakcheck.renderers.progress import progress
+from leakcheck.report.model import Report, ReportInputError, read_report
 
 if TYPE_CHECKING:
     from leakcheck.cli import RunRequest
@@ -125,7 +126,7 @@ def gather(work: Path, nproc: int, failed: dict[int, str], name: str, device: st
         path = work / REPORT_NAME.format(rank=rank)
         try:
             report = read_report(path)
-        except MergeError:
+        except ReportInputError:
             why = failed.get(rank, "the rank ended without writing its report")
             reports.append(missing_rank(rank, name, device, limit, why))
             continue
@@ -154,7 +155,7 @@ def run_distributed(config: Config, request: RunRequest) -> int:
     nproc = config.distributed.nproc
     work = Path(tempfile.mkdtemp(prefix="leakcheck-ranks-"))
     try:
-        with _status(f"running {nproc} ranks ({backend})"):
+        with progress(f"running {nproc} ranks ({backend})", quiet=request.flags.quiet):
             failed = launch_ranks(config, request, work, kind, backend)
         limit = request.max_leaked_bytes if request.max_leaked_bytes is not None else config.gate.max_leaked_bytes
         reports = gather(work, nproc, failed, config.name or "leakcheck", kind, limit)
@@ -174,10 +175,3 @@ def run_distributed(config: Config, request: RunRequest) -> int:
     code = exit_code(merged)
     return cli.EXIT_USAGE if failures and code == 0 else code
 
-
-@contextlib.contextmanager
-def _status(message: str):  # type: ignore[no-untyped-def]
-    from rich.console import Console
-
-    with Console(stderr=True).status(message, spinner="dots"):
-        yield

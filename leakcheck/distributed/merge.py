@@ -9,30 +9,26 @@ some ranks joined), and is called out. The gate was applied by each rank to its 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import replace
-from pathlib import Path
 
 from leakcheck.outputs import RUNNING, bare_report
-from leakcheck.report.model import FREED_BY_COLLECTOR, PROCESS_GROUP, MemorySample, Owner, Report, RunError, Site
+from leakcheck.report.gate import EXIT_CODES, EXIT_ERROR
+from leakcheck.report.model import (
+    FREED_BY_COLLECTOR,
+    PROCESS_GROUP,
+    MemorySample,
+    Owner,
+    Report,
+    ReportInputError,
+    RunError,
+    Site,
+)
 
-SEVERITY = {"pass": 0, "fail": 1, "error": 2}
 
 
-class MergeError(Exception):
-    """A file that is not a rank report; the message is the one line printed."""
-
-
-def read_report(path: Path) -> Report:
-    try:
-        return Report.from_dict(json.loads(path.read_text(encoding="utf-8")))
-    except FileNotFoundError:
-        raise MergeError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise MergeError(f"{path}: is a directory, not a JSON report") from None
-    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
-        raise MergeError(f"{path}: not a leakcheck JSON report: {exc}") from None
+class MergeError(ReportInputError):
+    """Reports that cannot be merged; the message is the one line printed."""
 
 
 def rank_of(report: Report, fallback: int) -> int:
@@ -76,7 +72,7 @@ def merge_reports(reports: list[Report]) -> Report:
         numbers = list(range(len(reports)))
     ranks = [replace(report, rank=rank) for rank, report in ranked]
     first = ranks[0]
-    worst = max(ranks, key=lambda r: SEVERITY.get(r.verdict, 2))
+    worst = max(ranks, key=lambda r: EXIT_CODES.get(r.verdict, EXIT_ERROR))  # error > fail > pass
     merged = Report(
         name=first.name,
         device=_devices(ranks),

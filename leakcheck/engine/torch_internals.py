@@ -602,19 +602,28 @@ def allocator_snapshot_pickle() -> bytes:
 _C10D = "torch.distributed.distributed_c10d"
 
 
-def _registry_map() -> dict | None:
-    """torch's map of live groups (group -> (backend, store)), or None where torch.distributed
-    was never imported in this process (nothing to find, nothing imported to find it)."""
+def _c10d() -> tuple[dict | None, dict | None]:
+    """(distributed_c10d's module dict, its `_world` object's dict), each None where absent:
+    torch.distributed never imported in this process means nothing to find, and nothing is
+    imported to find it."""
     import sys
 
     namespace = module_namespace(sys.modules.get(_C10D))
+    if namespace is None:
+        return None, None
+    world = str_entry(namespace, "_world")
+    return namespace, instance_dict(world) if world is not MISSING else None
+
+
+def _registry_map() -> dict | None:
+    """torch's map of live groups (group -> (backend, store)), or None where torch.distributed
+    was never imported in this process."""
+    namespace, world_dict = _c10d()
     if namespace is None:
         return None
     found = str_entry(namespace, "_pg_map")
     if type(found) is dict:
         return found
-    world = str_entry(namespace, "_world")
-    world_dict = instance_dict(world) if world is not MISSING else None
     if world_dict is not None:
         found = str_entry(world_dict, "_pg_map")
         if type(found) is dict:
@@ -657,8 +666,6 @@ class GroupFacts:
 
 def process_group_facts(group: object) -> GroupFacts:
     """The group's name, backend, size and this process's rank in it; '?'/None where unreadable."""
-    import sys
-
     backend = "?"
     registry = _registry_map()
     entry = None
@@ -666,15 +673,13 @@ def process_group_facts(group: object) -> GroupFacts:
         entry = next((value for key, value in list(registry.items()) if key is group), None)
     if type(entry) is tuple and entry and type(entry[0]) is str:
         backend = entry[0]
-    namespace = module_namespace(sys.modules.get(_C10D))
+    namespace, world_dict = _c10d()
     base = str_entry(namespace, "ProcessGroup") if namespace is not None else MISSING
     name, size, rank = "?", None, None
     if isinstance(base, type) and is_subtype(type(group), base):
         name = _read_group(lambda: str(base.group_name.__get__(group, base)), "?")  # type: ignore[attr-defined]
         size = _read_group(lambda: int(base.size(group)), None)  # type: ignore[attr-defined]
         rank = _read_group(lambda: int(base.rank(group)), None)  # type: ignore[attr-defined]
-    world = str_entry(namespace, "_world") if namespace is not None else MISSING
-    world_dict = instance_dict(world) if world is not MISSING else None
     default_group = str_entry(world_dict, "_default_pg") if world_dict is not None else MISSING
     return GroupFacts(name=name, backend=backend, size=size, rank=rank, default=default_group is group)
 

@@ -60,7 +60,7 @@ def run_isolated(config: Config, request: RunRequest) -> int:
             raise cli._fail(failures[0])
         child = ChildRun.start(config, request, work)
         child.wait()
-        return _finish(config, request, child)
+        return finish_child(config, request, child)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -119,11 +119,8 @@ class ChildRun:
     def wait(self) -> None:
         """Until the child ends: pass signals on, follow its journal, kill it if it hangs."""
         with _signals_passed_on(self), _spinner(self.quiet) as say:
-            while self.process.poll() is None:
-                self._read_journal(say)
-                self._kill_if_hung()
+            while self.follow(say):
                 time.sleep(POLL_S)
-        self._read_journal(lambda _message: None)
 
     def follow(self, say: Any) -> bool:
         """One look at a child among several (`run --jobs`): its new journal lines, and a kill if it
@@ -226,7 +223,7 @@ def _die_with_parent() -> Any:
     return preexec
 
 
-def _finish(config: Config, request: RunRequest, child: ChildRun) -> int:
+def finish_child(config: Config, request: RunRequest, child: ChildRun) -> int:
     from leakcheck import cli
     from leakcheck.report.build import build_report
     from leakcheck.report.gate import exit_code
@@ -259,11 +256,11 @@ def _finish(config: Config, request: RunRequest, child: ChildRun) -> int:
 
 def _final_report(path: Path) -> Report | None:
     """The child's report, if it finished it (not its placeholder, not a torn file)."""
-    import json
+    from leakcheck.report.model import ReportInputError, read_report
 
     try:
-        report = Report.from_dict(json.loads(path.read_text(encoding="utf-8")))
-    except (OSError, ValueError, TypeError, KeyError):
+        report = read_report(path)
+    except ReportInputError:
         return None
     if report.error is not None and report.error.phase == RUNNING:
         return None

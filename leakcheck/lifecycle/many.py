@@ -38,10 +38,12 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from leakcheck.config import Config, ConfigError, is_factory, load_config
-from leakcheck.lifecycle.isolate import POLL_S, ChildRun, _finish
+from leakcheck.lifecycle.isolate import POLL_S, ChildRun, finish_child
 from leakcheck.lifecycle.limits import REAL_EXIT
 from leakcheck.lifecycle.stops import Stop, stop_signals_to
 from leakcheck.outputs import OutputError, Outputs, check_writable, placeholder_error, write_atomic
+from leakcheck.probes.nvml import device_count
+from leakcheck.report.gate import EXIT_USAGE
 from leakcheck.report.model import Report, RunError
 from leakcheck.sizes import format_bytes
 
@@ -50,7 +52,6 @@ if TYPE_CHECKING:
 
 CONFIG_SUFFIXES = (".yaml", ".yml")
 NAME_PLACEHOLDER = "{name}"
-EXIT_USAGE = 2
 # Worse is higher. A config that could not be read audited nothing, which is worse than a
 # leak found (1); an error (a crash, a hang, leakcheck failing) is worst. Codes outside these
 # (a child stopped by a signal sent to it alone) rank above all.
@@ -167,23 +168,6 @@ def visible_gpus(environ: Mapping[str, str], count_devices: Callable[[], int]) -
     return gpus
 
 
-def nvml_device_count() -> int:
-    """GPUs the driver reports, through NVML (no CUDA context); 0 without a driver or NVML."""
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-    except Exception:  # noqa: BLE001 - no driver, no library: a CPU machine
-        return 0
-    try:
-        return int(pynvml.nvmlDeviceGetCount())
-    except Exception:  # noqa: BLE001
-        return 0
-    finally:
-        with contextlib.suppress(Exception):
-            pynvml.nvmlShutdown()
-
-
 def plan_slots(jobs: int, gpus: Sequence[str]) -> list[Slot]:
     """`--jobs 1` (the default): one child at a time in the parent's environment, each config
     on the device it names. More jobs: one slot per GPU up to `jobs`, each child seeing only
@@ -295,7 +279,7 @@ def run_many(targets: Sequence[str], request: RunRequest, jobs: int) -> int:
                 raise cli._fail(failures[0])
     combined = _CombinedJunit(junit, entries)
     combined.write()
-    slots = plan_slots(jobs, visible_gpus(os.environ, nvml_device_count) if jobs > 1 else [])
+    slots = plan_slots(jobs, visible_gpus(os.environ, device_count) if jobs > 1 else [])
     work = Path(tempfile.mkdtemp(prefix="leakcheck-many-"))
     try:
         stop = Runs(entries, slots, work).run()
@@ -446,7 +430,7 @@ class Runs:
             entry = self.entries[self._shown]
             if entry.child is not None and entry.code is None:
                 assert entry.config is not None and entry.launched is not None
-                entry.code = _finish(entry.config, entry.launched, entry.child)
+                entry.code = finish_child(entry.config, entry.launched, entry.child)
                 entry.report = entry.child.report
                 if entry.work is not None:
                     shutil.rmtree(entry.work, ignore_errors=True)

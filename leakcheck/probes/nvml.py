@@ -5,6 +5,7 @@ NVML never touches the CUDA context, so sampling it allocates nothing on the dev
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import os
 from dataclasses import dataclass, field
@@ -120,3 +121,20 @@ def _handle_for(pynvml, cuda_index: int):
     except Exception:
         pass
     return pynvml.nvmlDeviceGetHandleByIndex(cuda_index)
+
+
+def device_count() -> int:
+    """GPUs the driver reports, through NVML (no CUDA context); 0 without a driver or NVML."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception:  # noqa: BLE001 - no driver, no library: a CPU machine
+        return 0
+    try:
+        return int(pynvml.nvmlDeviceGetCount())
+    except Exception:  # noqa: BLE001
+        return 0
+    finally:
+        with contextlib.suppress(Exception):
+            pynvml.nvmlShutdown()

@@ -8,7 +8,8 @@ from rich.text import Text
 
 from leakcheck.renderers import limits
 from leakcheck.renderers.limits import clip
-from leakcheck.report.diff import APPEARED, GREW, EXIT_PASS, EXIT_FAIL, ReportDiff
+from leakcheck.report.diff import APPEARED, GREW, ReportDiff
+from leakcheck.report.gate import EXIT_FAIL, EXIT_PASS
 from leakcheck.sizes import format_bytes, format_delta
 
 _STYLE = {APPEARED: "bold red", GREW: "red", "shrank": "green", "disappeared": "green"}

@@ -9,20 +9,14 @@ allowed or its baseline accepted; a storage of unknown size among them fails it 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from leakcheck.report.gate import EXIT_ERROR, EXIT_FAIL, EXIT_PASS
 from leakcheck.report.keys import KeyedHold, bytes_of_keys, holds_by_key
 from leakcheck.report.model import Report, plain
 
 APPEARED, DISAPPEARED, GREW, SHRANK = "appeared", "disappeared", "grew", "shrank"
-EXIT_PASS, EXIT_FAIL, EXIT_USAGE, EXIT_ERROR = 0, 1, 2, 3
-
-
-class ReportInputError(Exception):
-    """A file that is not a leakcheck JSON report; the message is the one line printed (exit 2)."""
 
 
 @dataclass
@@ -70,25 +64,6 @@ class ReportDiff:
         for change, original in zip(data["changes"], self.changes):
             change["delta"] = original.delta
         return data
-
-
-def read_report(path: Path) -> Report:
-    """A JSON report from disk, or ReportInputError saying in one line why not."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ReportInputError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise ReportInputError(f"{path}: is a directory, not a JSON report") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ReportInputError(f"{path}: cannot read it: {getattr(exc, 'strerror', None) or exc}") from None
-    try:
-        data = json.loads(text)
-        if not isinstance(data, dict):
-            raise ValueError(f"expected a JSON object, got {type(data).__name__}")
-        return Report.from_dict(data)
-    except (ValueError, TypeError, KeyError, AttributeError) as exc:
-        raise ReportInputError(f"{path}: not a leakcheck JSON report: {' '.join(str(exc).split())[:200]}") from None
 
 
 def diff_reports(old: Report, new: Report, old_name: str = "OLD", new_name: str = "NEW") -> ReportDiff:

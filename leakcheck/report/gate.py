@@ -12,7 +12,9 @@ from fnmatch import fnmatchcase
 
 from leakcheck.report.model import PROCESS_GROUP, Audit, Report, Storage
 
-EXIT_CODES = {"pass": 0, "fail": 1, "error": 3}
+# The exit codes every command shares: a verdict's, and 2 for usage or config errors.
+EXIT_PASS, EXIT_FAIL, EXIT_USAGE, EXIT_ERROR = 0, 1, 2, 3
+EXIT_CODES = {"pass": EXIT_PASS, "fail": EXIT_FAIL, "error": EXIT_ERROR}
 
 
 def is_allowed(path: str, patterns: list[str]) -> bool:

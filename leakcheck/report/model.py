@@ -6,8 +6,10 @@ contract (schema_version 1), so fields are only ever added, never renamed.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field, is_dataclass
 from dataclasses import fields as dataclass_fields
+from pathlib import Path
 from typing import Any
 
 SCHEMA_VERSION = 1
@@ -409,3 +411,27 @@ _SCALARS = frozenset({str, int, float, bool, type(None)})
 def _known(cls: type, data: dict[str, Any]) -> dict[str, Any]:
     names = {f.name for f in dataclass_fields(cls)}
     return {key: value for key, value in data.items() if key in names}
+
+
+class ReportInputError(Exception):
+    """A file that is not a leakcheck JSON report; the message is the one line printed (exit 2).
+    `show`, `diff`, `merge` and the launcher's gathering of rank reports read reports here."""
+
+
+def read_report(path: Path) -> Report:
+    """A JSON report from disk, or ReportInputError saying in one line why not."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ReportInputError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ReportInputError(f"{path}: is a directory, not a JSON report") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ReportInputError(f"{path}: cannot read it: {getattr(exc, 'strerror', None) or exc}") from None
+    try:
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError(f"expected a JSON object, got {type(data).__name__}")
+        return Report.from_dict(data)
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise ReportInputError(f"{path}: not a leakcheck JSON report: {' '.join(str(exc).split())[:200]}") from None
